@@ -1,0 +1,182 @@
+//! Helpers for interop tests: real `serf` agents, `shoal` processes, free ports, polling.
+#![allow(dead_code, missing_docs)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Whether a tool is installed; under `CI` a missing tool fails the test instead of skipping it.
+pub fn require(tool: &str) -> bool {
+    let found =
+        Command::new(tool).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("`{tool}` is not installed: run scripts/test.sh, which installs it");
+        }
+        eprintln!("SKIPPED: `{tool}` is not installed (run scripts/test.sh to install it)");
+    }
+    found
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback port free for both UDP and TCP (gossip needs both).
+pub fn free_port() -> u16 {
+    // Spread test processes apart, then probe upwards.
+    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    let _ = NEXT_PORT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A child process killed (by its own pid) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to this process.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Waits for exit, up to `timeout`; returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A real HashiCorp Serf agent.
+pub struct Serf {
+    pub proc: Proc,
+    pub name: String,
+    pub bind: SocketAddr,
+    pub rpc: SocketAddr,
+}
+
+impl Serf {
+    /// Starts `serf agent` with extra flags; waits until its RPC answers.
+    pub fn start(name: &str, extra: &[&str]) -> Serf {
+        let (bind, rpc) = (addr(free_port()), addr(free_port()));
+        let log = std::env::temp_dir().join(format!("shoal-test-serf-{name}-{}.log", bind.port()));
+        let child = Command::new("serf")
+            .arg("agent")
+            .arg(format!("-node={name}"))
+            .arg(format!("-bind={bind}"))
+            .arg(format!("-rpc-addr={rpc}"))
+            .args(extra)
+            .stdout(std::fs::File::create(&log).expect("log file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serf");
+        let serf = Serf { proc: Proc { child, name: name.into() }, name: name.into(), bind, rpc };
+        wait_for(Duration::from_secs(10), || serf.try_members().is_some()).expect("serf RPC comes up");
+        serf
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new("serf")
+            .arg(args[0])
+            .arg(format!("-rpc-addr={}", self.rpc))
+            .args(&args[1..])
+            .output()
+            .expect("run serf CLI")
+    }
+
+    fn try_members(&self) -> Option<Vec<Value>> {
+        let out = self.cli(&["members", "-format=json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["members"].as_array().cloned()
+    }
+
+    /// `serf members -format json` of this agent.
+    pub fn members(&self) -> Vec<Value> {
+        self.try_members().expect("serf members")
+    }
+
+    /// The status this Serf agent reports for `node` (`alive`, `left`, `failed`…).
+    pub fn status_of(&self, node: &str) -> Option<String> {
+        self.members()
+            .into_iter()
+            .find(|m| m["name"] == node)
+            .and_then(|m| m["status"].as_str().map(str::to_string))
+    }
+
+    pub fn member(&self, node: &str) -> Option<Value> {
+        self.members().into_iter().find(|m| m["name"] == node)
+    }
+}
+
+/// A `shoal agent` process.
+pub fn shoal_agent(name: &str, bind: SocketAddr, extra: &[&str]) -> Proc {
+    let log = std::env::temp_dir().join(format!("shoal-test-{name}-{}.log", bind.port()));
+    let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["agent", "--node", name, "--bind", &bind.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn shoal");
+    Proc { child, name: name.into() }
+}
+
+/// Polls `cond` every 50 ms until it holds; returns the time it took.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond().then(|| start.elapsed())
+}
+
+/// Async polling for in-process agents.
+pub async fn wait_for_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond().then(|| start.elapsed())
+}

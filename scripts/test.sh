@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one command that runs every test: installs what the tests need (idempotently), checks
+# formatting and lints, runs unit, simulation, interop and doc tests, then a bounded fuzz run.
+#
+#   scripts/test.sh            # everything
+#   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Interop tests never skip silently in CI: a missing tool is a failure there.
+export CI="${CI:-1}"
+
+scripts/install-test-deps.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "==> tests (unit, simulation, interop with real Serf)"
+cargo nextest run --workspace --no-fail-fast
+
+echo "==> doc tests"
+cargo test --workspace --doc
+
+if [ "${FUZZ_SECONDS:-30}" != "0" ]; then
+    scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+fi
+echo "==> all tests passed"
