@@ -73,6 +73,10 @@ pub struct Sim {
     pub jitter: Duration,
     /// Profile for nodes added with [`Sim::add_node`].
     pub profile: Profile,
+    /// When set, every datagram sent is also copied into [`Sim::captured`].
+    pub capture: bool,
+    /// Datagrams captured while [`Sim::capture`] was set.
+    pub captured: Vec<Vec<u8>>,
     seed: u64,
 }
 
@@ -94,6 +98,8 @@ impl Sim {
             latency: Duration::from_micros(500),
             jitter: Duration::from_micros(200),
             profile: Profile::Lan,
+            capture: false,
+            captured: Vec::new(),
             seed,
         }
     }
@@ -249,6 +255,9 @@ impl Sim {
             match out {
                 Output::Packet { to, data } => {
                     self.nodes[i].bytes_sent += data.len() as u64;
+                    if self.capture {
+                        self.captured.push(data.clone());
+                    }
                     let Some(&dest) = self.by_addr.get(&to) else { continue };
                     if !self.reachable(i, dest) || self.rng.random::<f64>() < self.loss {
                         continue;
