@@ -120,6 +120,16 @@ pub struct AgentConfig {
     pub leave_timeout: Duration,
     /// How often join targets are re-checked once joined (re-joined if not in the cluster).
     pub rejoin_interval: Duration,
+    /// Event handler scripts.
+    pub event_handlers: Vec<crate::handlers::HandlerSpec>,
+    /// Kill a handler that runs longer than this.
+    pub handler_timeout: Option<Duration>,
+    /// How member and user events are batched for handlers and RPC streams.
+    pub coalescing: crate::events::Coalescing,
+    /// Serf-format snapshot file: rejoin known members and skip handled events after a restart.
+    pub snapshot: Option<PathBuf>,
+    /// Rejoin from the snapshot even after a graceful leave (Serf's `-rejoin`).
+    pub rejoin: bool,
 }
 
 impl Default for AgentConfig {
@@ -137,6 +147,11 @@ impl Default for AgentConfig {
             label: None,
             leave_timeout: Duration::from_secs(15),
             rejoin_interval: Duration::from_secs(30),
+            event_handlers: Vec::new(),
+            handler_timeout: None,
+            coalescing: crate::events::Coalescing::default(),
+            snapshot: None,
+            rejoin: false,
         }
     }
 }

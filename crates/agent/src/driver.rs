@@ -25,6 +25,8 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{AgentConfig, ConfigError, JoinTarget, advertise_addr, hostname, load_keys, save_keys};
+use crate::events::{EventSinks, SerfEvent};
+use crate::snapshot::Snapshot;
 
 /// Inbound TCP exchanges handled at once (memberlist's limit).
 const MAX_INBOUND_STREAMS: usize = 128;
@@ -114,11 +116,13 @@ enum Command {
     Join { addrs: Vec<SocketAddr>, replay: bool, reply: Reply<Result<usize, AgentError>> },
     Leave { reply: Reply<()> },
     SetTags { tags: Tags, reply: Reply<Result<(), CommandError>> },
+    UpdateTags { set: Tags, delete: Vec<String>, reply: Reply<Result<(), CommandError>> },
     UserEvent { name: String, payload: Vec<u8>, coalesce: bool, reply: Reply<Result<(), CommandError>> },
     Query { params: QueryParams, reply: Reply<Result<mpsc::Receiver<QueryUpdate>, CommandError>> },
     Respond { to: QueryReplyTo, payload: Vec<u8>, reply: Reply<Result<(), CommandError>> },
     ForceLeave { node: String, prune: bool },
     Stats { reply: Reply<AgentStats> },
+    Keyring { reply: Reply<Vec<Vec<u8>>> },
 }
 
 enum StreamMsg {
@@ -132,6 +136,8 @@ pub struct AgentHandle {
     commands: mpsc::Sender<Command>,
     members: watch::Receiver<Arc<Membership>>,
     events: broadcast::Sender<Event>,
+    serf_events: broadcast::Sender<SerfEvent>,
+    shutdown: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AgentHandle {
@@ -152,9 +158,24 @@ impl AgentHandle {
         self.members.clone()
     }
 
-    /// Every event from now on (membership, user events, queries…).
+    /// Every core event from now on (membership, user events, queries…), uncoalesced.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Coalesced Serf events from now on, as handler scripts and RPC streams see them.
+    pub fn subscribe_serf(&self) -> broadcast::Receiver<SerfEvent> {
+        self.serf_events.subscribe()
+    }
+
+    /// Asks whoever runs the agent to stop it (after an RPC `leave`).
+    pub fn request_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Completes when [`AgentHandle::request_shutdown`] is called.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.notified().await;
     }
 
     /// Joins through already-resolved addresses; returns how many answered.
@@ -179,6 +200,16 @@ impl AgentHandle {
     /// Replaces this agent's tags.
     pub async fn set_tags(&self, tags: Tags) -> Result<(), AgentError> {
         Ok(self.call(|reply| Command::SetTags { tags, reply }).await??)
+    }
+
+    /// Sets some tags and deletes others, atomically (Serf's `tags -set/-delete`).
+    pub async fn update_tags(&self, set: Tags, delete: Vec<String>) -> Result<(), AgentError> {
+        Ok(self.call(|reply| Command::UpdateTags { set, delete, reply }).await??)
+    }
+
+    /// This agent's own keyring, primary key first.
+    pub async fn local_keys(&self) -> Result<Vec<Vec<u8>>, AgentError> {
+        self.call(|reply| Command::Keyring { reply }).await
     }
 
     /// Fires a user event.
@@ -253,6 +284,16 @@ impl Agent {
             None => hostname()?,
         };
         let keys = load_keys(cfg.encrypt.as_deref(), cfg.keyring_file.as_deref())?;
+        let (snapshot, previous) = match &cfg.snapshot {
+            Some(path) => {
+                let (snap, prev) = Snapshot::open(path, cfg.rejoin).map_err(|e| ConfigError::Keyring {
+                    path: path.clone(),
+                    reason: format!("cannot open the snapshot: {e}"),
+                })?;
+                (Some(snap), prev)
+            }
+            None => (None, crate::snapshot::Previous::default()),
+        };
         let udp = UdpSocket::bind(cfg.bind).await.map_err(|source| AgentError::Bind {
             what: "UDP",
             addr: cfg.bind,
@@ -274,14 +315,37 @@ impl Agent {
         let tcp_timeout = gc.timing.tcp_timeout;
         let max_stream = gc.max_stream_bytes;
         let seed = rand::rngs::StdRng::from_os_rng().next_u64();
-        let gossip = Gossip::new(gc, Instant::now(), seed)?;
+        let mut gossip = Gossip::new(gc, Instant::now(), seed)?;
+        gossip.restore_clocks(previous.clock, previous.event_clock, previous.query_clock);
 
-        let snapshot = Arc::new(snapshot(&gossip));
-        let (members_tx, members_rx) = watch::channel(snapshot);
+        let (members_tx, members_rx) = watch::channel(Arc::new(membership(&gossip)));
         let (events_tx, _) = broadcast::channel(4096);
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (stream_tx, stream_rx) = mpsc::channel(256);
-        let handle = AgentHandle { commands: cmd_tx, members: members_rx, events: events_tx.clone() };
+        let (serf_tx, _) = broadcast::channel(4096);
+        let (core_events_tx, core_events_rx) = mpsc::unbounded_channel();
+        let handle = AgentHandle {
+            commands: cmd_tx,
+            members: members_rx,
+            events: events_tx.clone(),
+            serf_events: serf_tx.clone(),
+            shutdown: Arc::new(tokio::sync::Notify::new()),
+        };
+        let mut tasks = Vec::new();
+        let handler_tx = if cfg.event_handlers.is_empty() {
+            None
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(crate::handlers::run_handlers(
+                rx,
+                cfg.event_handlers.clone(),
+                handle.clone(),
+                cfg.handler_timeout,
+            )));
+            Some(tx)
+        };
+        let sinks = EventSinks { broadcast: serf_tx, handlers: handler_tx };
+        tasks.push(tokio::spawn(crate::events::coalesce(core_events_rx, sinks, cfg.coalescing)));
 
         tracing::info!(
             node = %name, bind = %bound, advertise = %advertise, profile = %cfg.profile,
@@ -299,9 +363,14 @@ impl Agent {
             leave_waiters: Vec::new(),
             keyring_file: cfg.keyring_file.clone(),
             max_stream,
+            core_events: core_events_tx,
+            snapshot,
         };
-        let mut tasks = vec![tokio::spawn(driver.run(cmd_rx, stream_rx))];
+        tasks.push(tokio::spawn(driver.run(cmd_rx, stream_rx)));
         tasks.push(tokio::spawn(accept_loop(tcp, stream_tx, tcp_timeout, max_stream)));
+        if !previous.nodes.is_empty() {
+            tasks.push(tokio::spawn(crate::join::rejoin_previous(handle.clone(), previous.nodes)));
+        }
         if !cfg.join.is_empty() {
             tasks.push(tokio::spawn(crate::join::retry_join(
                 handle.clone(),
@@ -347,7 +416,7 @@ impl Agent {
     }
 }
 
-fn snapshot(g: &Gossip) -> Membership {
+fn membership(g: &Gossip) -> Membership {
     let mut members: Vec<Member> = g.members().cloned().collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
     let local = g.member(g.name()).cloned().unwrap_or_else(|| Member {
@@ -376,11 +445,14 @@ struct Driver {
     leave_waiters: Vec<Reply<()>>,
     keyring_file: Option<PathBuf>,
     max_stream: usize,
+    core_events: mpsc::UnboundedSender<Event>,
+    snapshot: Option<Snapshot>,
 }
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut streams: mpsc::Receiver<StreamMsg>) {
         let mut buf = vec![0u8; 65_536];
+        let mut snapshot_tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             let deadline =
                 self.gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -401,6 +473,12 @@ impl Driver {
                     None => return,
                 },
                 () = tokio::time::sleep_until(deadline.into()) => self.gossip.handle_timeout(Instant::now()),
+                _ = snapshot_tick.tick(), if self.snapshot.is_some() => {
+                    if let Some(s) = self.snapshot.as_mut() {
+                        s.clock(self.gossip.clocks().0);
+                        s.flush();
+                    }
+                }
             }
             self.flush().await;
         }
@@ -415,10 +493,22 @@ impl Driver {
             }
             Command::Leave { reply } => {
                 self.leave_waiters.push(reply);
+                if let Some(s) = self.snapshot.as_mut() {
+                    s.leave();
+                }
                 self.gossip.leave(now);
             }
             Command::SetTags { tags, reply } => {
                 let _ = reply.send(self.gossip.set_tags(now, tags));
+            }
+            Command::UpdateTags { set, delete, reply } => {
+                let mut tags = self.gossip.tags().clone();
+                tags.retain(|k, _| !delete.contains(k));
+                tags.extend(set);
+                let _ = reply.send(self.gossip.set_tags(now, tags));
+            }
+            Command::Keyring { reply } => {
+                let _ = reply.send(self.gossip.keyring().keys().map(<[u8]>::to_vec).collect());
             }
             Command::UserEvent { name, payload, coalesce, reply } => {
                 let _ = reply.send(self.gossip.user_event(now, &name, &payload, coalesce));
@@ -469,11 +559,17 @@ impl Driver {
             }
         }
         if membership_changed {
-            self.members_tx.send_replace(Arc::new(snapshot(&self.gossip)));
+            self.members_tx.send_replace(Arc::new(membership(&self.gossip)));
         }
     }
 
     fn event(&mut self, e: Event) {
+        if let Some(s) = self.snapshot.as_mut() {
+            s.record(&e);
+        }
+        if matches!(e, Event::Member { .. } | Event::User(_) | Event::Query(_)) {
+            let _ = self.core_events.send(e.clone());
+        }
         match &e {
             Event::Member { kind, member } => {
                 tracing::info!(

@@ -60,3 +60,27 @@ pub(crate) async fn retry_join(
         }
     }
 }
+
+/// After a restart with a snapshot: joins any previously known member (first that answers).
+pub(crate) async fn rejoin_previous(handle: AgentHandle, mut previous: Vec<(String, String)>) {
+    use rand::seq::SliceRandom;
+    previous.shuffle(&mut <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng());
+    let me = handle.members().borrow().local.name.to_string();
+    for (name, addr) in previous {
+        if name == me {
+            continue;
+        }
+        let Ok(target) = JoinTarget::parse(&addr) else { continue };
+        match handle.join(std::slice::from_ref(&target), false).await {
+            Ok(_) => {
+                tracing::info!(node = %name, %addr, "re-joined a previously known member");
+                return;
+            }
+            Err(crate::AgentError::Stopped) => return,
+            Err(e) => {
+                tracing::debug!(node = %name, %addr, error = %e, "previously known member did not answer")
+            }
+        }
+    }
+    tracing::warn!("failed to re-join any previously known member");
+}

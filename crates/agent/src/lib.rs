@@ -26,7 +26,11 @@
 
 mod config;
 mod driver;
+pub mod events;
+pub mod handlers;
 mod join;
+mod keys;
+mod snapshot;
 
 pub use config::{
     AgentConfig, ConfigError, DEFAULT_GOSSIP_PORT, JoinTarget, advertise_addr, hostname, load_keys,
@@ -35,3 +39,7 @@ pub use config::{
 pub use driver::{
     Agent, AgentError, AgentHandle, AgentStats, Membership, QueryUpdate, read_frame, resolve, tags_line,
 };
+pub use events::{Coalescing, EventFilter, SerfEvent};
+pub use handlers::HandlerSpec;
+pub use keys::{KeyOp, KeyReport};
+pub use snapshot::Previous;

@@ -389,6 +389,30 @@ impl Wire for i64 {
     }
 }
 
+impl Wire for f64 {
+    fn put(&self, buf: &mut Vec<u8>) {
+        buf.push(0xcb);
+        buf.extend_from_slice(&self.to_bits().to_be_bytes());
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match r.peek()? {
+            0xcb => {
+                r.pos += 1;
+                Ok(f64::from_bits(u64::from_be_bytes(r.be()?)))
+            }
+            0xca => {
+                r.pos += 1;
+                Ok(f64::from(f32::from_bits(u32::from_be_bytes(r.be()?))))
+            }
+            _ => Ok(r.read_integer()? as f64),
+        }
+    }
+    fn is_empty_value(&self) -> bool {
+        *self == 0.0
+    }
+}
+impl Elem for f64 {}
+
 impl Wire for bool {
     fn put(&self, buf: &mut Vec<u8>) {
         put_bool(buf, *self);

@@ -121,12 +121,12 @@ impl Gossip {
         });
         entry.member = Self::member_from_node(n, MemberStatus::Alive);
         entry.leave_time = None;
-        if let Some(intent) = recent {
-            if intent.ltime > entry.status_ltime {
-                entry.status_ltime = intent.ltime;
-                if intent.leave {
-                    entry.member.status = MemberStatus::Leaving;
-                }
+        if let Some(intent) = recent
+            && intent.ltime > entry.status_ltime
+        {
+            entry.status_ltime = intent.ltime;
+            if intent.leave {
+                entry.member.status = MemberStatus::Leaving;
             }
         }
         let member = entry.member.clone();

@@ -1,10 +1,12 @@
-//! `shoal agent`: run a gossip member until SIGTERM/SIGINT, then leave gracefully.
+//! `shoal agent`: run a gossip member with its RPC server until SIGTERM/SIGINT
+//! (or an RPC `leave`), then leave gracefully.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use shoal_agent::{Agent, AgentConfig, JoinTarget, parse_tags};
+use shoal_agent::{Agent, AgentConfig, Coalescing, HandlerSpec, JoinTarget, parse_tags};
 use shoal_gossip::Profile;
+use shoal_rpc::{LogTap, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::AgentArgs;
@@ -12,6 +14,12 @@ use crate::cli::AgentArgs;
 /// Builds the agent configuration from the command line.
 pub fn config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     let join = args.join.iter().map(|j| JoinTarget::parse(j)).collect::<Result<Vec<_>, _>>()?;
+    let event_handlers = args
+        .event_handlers
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| HandlerSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(AgentConfig {
         node: args.node.clone(),
         bind: args.bind,
@@ -28,22 +36,46 @@ pub fn config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
             Profile::Fast => Duration::from_secs(5),
             _ => Duration::from_secs(30),
         },
+        event_handlers,
+        handler_timeout: args.handler_timeout,
+        coalescing: Coalescing {
+            member_period: args.coalesce_period,
+            member_quiescent: args.quiescent_period,
+            ..Coalescing::default()
+        },
+        snapshot: args.snapshot.clone(),
+        rejoin: args.rejoin,
     })
 }
 
-/// Runs until a signal: the first SIGTERM/SIGINT leaves gracefully, a second exits at once.
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let agent = Agent::start(config(&args)?).await.context("cannot start the agent")?;
-    wait_for_stop(agent).await
+/// Runs until a signal or an RPC `leave`.
+pub async fn run(args: AgentArgs, log_tap: LogTap) -> anyhow::Result<()> {
+    let cfg = config(&args)?;
+    let handlers = cfg.event_handlers.clone();
+    let agent = Agent::start(cfg).await.context("cannot start the agent")?;
+    let server =
+        ServerConfig { auth: args.rpc_auth.clone(), event_handlers: handlers, log_tap: Some(log_tap) };
+    let (_, rpc) = shoal_rpc::start(args.rpc_addr, agent.handle(), server)
+        .await
+        .with_context(|| format!("cannot listen for RPC on {}", args.rpc_addr))?;
+    let result = wait_for_stop(agent).await;
+    rpc.abort();
+    result
 }
 
-/// Waits for SIGTERM or SIGINT, then leaves (a second signal exits immediately).
+/// Waits for SIGTERM/SIGINT (then leaves; a second signal exits at once) or an RPC `leave`.
 pub async fn wait_for_stop(agent: Agent) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let handle = agent.handle();
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: leaving the cluster"),
         _ = int.recv() => tracing::info!("SIGINT: leaving the cluster"),
+        () = handle.shutdown_requested() => {
+            tracing::info!("left over RPC; stopping");
+            agent.shutdown();
+            return Ok(());
+        }
     }
     tokio::select! {
         () = agent.leave_and_shutdown() => Ok(()),

@@ -2,8 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use shoal_gossip::Profile;
 
 /// Shoal turns a set of containers into a self-organizing web cluster.
@@ -19,7 +20,7 @@ pub struct Cli {
 /// Logging flags, shared by every subcommand.
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// Log level: error, warn, info, debug or trace (or a tracing filter such as `shoal=debug`).
+    /// Log level: error, warn, info, debug or trace (or a tracing filter such as `shoal_gossip=debug`).
     #[arg(long, global = true, env = "SHOAL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Write logs as JSON lines.
@@ -30,7 +31,47 @@ pub struct LogArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a gossip agent: a full member of a Shoal or HashiCorp Serf cluster.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
+    /// List the members an agent knows (works against Serf agents too).
+    Members(MembersArgs),
+    /// Tell an agent to join a cluster through the given addresses.
+    Join(JoinArgs),
+    /// Make an agent leave the cluster gracefully and stop.
+    Leave(RpcArgs),
+    /// Remove a failed member now instead of waiting for the reconnect timeout.
+    ForceLeave(ForceLeaveArgs),
+    /// Fire a user event across the cluster.
+    Event(EventArgs),
+    /// Ask the cluster a question and print the acks and answers.
+    Query(QueryArgs),
+    /// Set or delete an agent's tags at run time.
+    Tags(TagsArgs),
+    /// Stream an agent's log.
+    Monitor(MonitorArgs),
+    /// Manage gossip encryption keys on every member at once.
+    Keys(KeysArgs),
+    /// Show an agent's state and statistics.
+    Info(InfoArgs),
+}
+
+/// How to reach an agent's RPC.
+#[derive(Debug, Clone, Args)]
+pub struct RpcArgs {
+    /// RPC address of the agent.
+    #[arg(long, env = "SHOAL_RPC_ADDR", default_value = "127.0.0.1:7373")]
+    pub rpc_addr: String,
+    /// RPC auth token, if the agent requires one.
+    #[arg(long, env = "SHOAL_RPC_AUTH", hide_env_values = true)]
+    pub rpc_auth: Option<String>,
+}
+
+/// Output format of the listing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Text,
+    /// JSON, as `serf … -format json` prints it.
+    Json,
 }
 
 /// Flags of `shoal agent` (Serf's, with `--flag` spelling and `SHOAL_*` env vars).
@@ -65,13 +106,181 @@ pub struct AgentArgs {
     /// Timing profile: lan (Serf's default), wan, local, or fast (containers on one network).
     #[arg(long, env = "SHOAL_PROFILE", default_value_t = Profile::Lan)]
     pub profile: Profile,
-    /// Address of the Serf-compatible RPC server.
+    /// Address of the Serf-compatible RPC server (keep it on loopback, or set --rpc-auth).
     #[arg(long, env = "SHOAL_RPC_ADDR", default_value = "127.0.0.1:7373")]
     pub rpc_addr: SocketAddr,
+    /// Token RPC clients must present before any other command.
+    #[arg(long, env = "SHOAL_RPC_AUTH", hide_env_values = true)]
+    pub rpc_auth: Option<String>,
     /// Cluster label: sent with every packet; traffic with another label is dropped.
     #[arg(long, env = "SHOAL_LABEL")]
     pub label: Option<String>,
+    /// Event handler script, as [FILTER=]SCRIPT with Serf's filter syntax
+    /// (member-join,member-leave,member-failed,member-update,member-reap,user[:NAME],query[:NAME],*); repeatable.
+    #[arg(long = "event-handler", env = "SHOAL_EVENT_HANDLERS", value_delimiter = ';')]
+    pub event_handlers: Vec<String>,
+    /// Kill a handler script that runs longer than this (e.g. 30s) [default: never].
+    #[arg(long, env = "SHOAL_HANDLER_TIMEOUT", value_parser = parse_duration)]
+    pub handler_timeout: Option<Duration>,
+    /// Longest time member events are batched for handlers and RPC streams (0 turns batching off).
+    #[arg(long, env = "SHOAL_COALESCE_PERIOD", value_parser = parse_duration, default_value = "3s")]
+    pub coalesce_period: Duration,
+    /// Batched member events are released after this much calm.
+    #[arg(long, env = "SHOAL_QUIESCENT_PERIOD", value_parser = parse_duration, default_value = "1s")]
+    pub quiescent_period: Duration,
+    /// Serf-format snapshot file: after a restart, rejoin known members and skip handled events.
+    #[arg(long, env = "SHOAL_SNAPSHOT")]
+    pub snapshot: Option<PathBuf>,
+    /// Rejoin from the snapshot even after a graceful leave.
+    #[arg(long, env = "SHOAL_REJOIN")]
+    pub rejoin: bool,
     /// Longest time a graceful leave may take on SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "SHOAL_LEAVE_TIMEOUT", default_value_t = 15)]
     pub leave_timeout: u64,
+}
+
+/// Parses durations such as `500ms`, `5s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 5s, 1m)"))
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Only members whose status matches this regular expression (alive, leaving, left, failed).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only members whose tag matches: KEY=REGEX; repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only members whose name matches this regular expression.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Also show protocol versions.
+    #[arg(long)]
+    pub detailed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Replay past user events.
+    #[arg(long)]
+    pub replay: bool,
+    /// Addresses to join (HOST or HOST:PORT).
+    #[arg(required = true)]
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ForceLeaveArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Forget the member at once instead of keeping it as `left`.
+    #[arg(long)]
+    pub prune: bool,
+    /// The failed member.
+    pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Deliver every event, even when newer ones of the same name arrive within the coalesce period.
+    #[arg(long)]
+    pub no_coalesce: bool,
+    /// Event name.
+    pub name: String,
+    /// Optional payload.
+    pub payload: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Only this node answers; repeatable.
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+    /// Only nodes whose tag matches: KEY=REGEX; repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// How long to wait for answers (e.g. 5s) [default: Serf's formula from the cluster size].
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Do not ask nodes to acknowledge.
+    #[arg(long)]
+    pub no_ack: bool,
+    /// Also relay answers through this many random members.
+    #[arg(long, default_value_t = 0)]
+    pub relay_factor: u8,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Query name.
+    pub name: String,
+    /// Optional payload.
+    pub payload: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TagsArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Tag to set as KEY=VALUE; repeatable.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Tag to delete; repeatable.
+    #[arg(long = "delete")]
+    pub delete: Vec<String>,
+}
+
+/// `shoal monitor` shows the agent's log from the global `--log-level` up (TRACE, DEBUG, INFO, WARN, ERR).
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct KeyAction {
+    /// Install a new key on every member.
+    #[arg(long)]
+    pub install: Option<String>,
+    /// Make an installed key the primary key everywhere.
+    #[arg(long = "use")]
+    pub use_key: Option<String>,
+    /// Remove a key from every member.
+    #[arg(long)]
+    pub remove: Option<String>,
+    /// List the keys in use and on how many members.
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    #[command(flatten)]
+    pub action: KeyAction,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }

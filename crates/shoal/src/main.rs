@@ -2,13 +2,16 @@
 
 mod agent_cmd;
 mod cli;
+mod client_cmds;
 mod logging;
 
 use clap::Parser;
 
+use crate::cli::Command;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(&cli.log);
+    let log_tap = logging::init(&cli.log, matches!(cli.command, Command::Agent(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -16,15 +19,25 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    let level = cli.log.log_level.clone();
+    let result = runtime.block_on(async move {
         match cli.command {
-            cli::Command::Agent(args) => agent_cmd::run(args).await,
+            Command::Agent(args) => agent_cmd::run(*args, log_tap).await,
+            Command::Members(a) => client_cmds::members(a).await,
+            Command::Join(a) => client_cmds::join(a).await,
+            Command::Leave(a) => client_cmds::leave(a).await,
+            Command::ForceLeave(a) => client_cmds::force_leave(a).await,
+            Command::Event(a) => client_cmds::event(a).await,
+            Command::Query(a) => client_cmds::query(a).await,
+            Command::Tags(a) => client_cmds::tags(a).await,
+            Command::Monitor(a) => client_cmds::monitor(a, &level).await,
+            Command::Keys(a) => client_cmds::keys(a).await,
+            Command::Info(a) => client_cmds::info(a).await,
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("shoal: {e:#}");
             std::process::ExitCode::FAILURE
         }
