@@ -655,7 +655,7 @@ async fn read_frame_or_garbage(
 }
 
 async fn outbound_stream(req: StreamRequest, tx: mpsc::Sender<StreamMsg>, max: usize) {
-    let StreamRequest { id, to, data, deadline } = req;
+    let StreamRequest { id, to, data, deadline, .. } = req;
     let exchange = async {
         let mut s = TcpStream::connect(to).await?;
         s.set_nodelay(true)?;

@@ -50,12 +50,23 @@ pub const META_MAX_SIZE: usize = 512;
 /// Identifies a stream the core asked the driver to open.
 pub type StreamId = u64;
 
+/// Why the core wants a TCP exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A full state exchange (join, anti-entropy, reconnect).
+    PushPull,
+    /// A fallback ping for a member that did not answer over UDP.
+    Ping,
+}
+
 /// A TCP exchange to run: connect, write `data`, read one framed reply (see
 /// [`crate::stream_frame_len`]), and report with [`Gossip::handle_stream_reply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamRequest {
     /// Reported back with the result.
     pub id: StreamId,
+    /// What the exchange is for.
+    pub kind: StreamKind,
     /// Where to connect.
     pub to: SocketAddr,
     /// What to write.
@@ -183,6 +194,8 @@ pub struct Gossip {
     pub(crate) incarnation: u32,
     pub(crate) awareness: u32,
     pub(crate) probe: Option<Probe>,
+    /// A failed probe still counting late nacks: (seq, expected, received).
+    pub(crate) nack_window: Option<(u32, u32, u32)>,
     pub(crate) relays: HashMap<u32, Relay>,
     pub(crate) suspicions: HashMap<Arc<str>, Suspicion>,
     pub(crate) ml_queue: BroadcastQueue,
@@ -261,6 +274,7 @@ impl Gossip {
             incarnation: 0,
             awareness: 0,
             probe: None,
+            nack_window: None,
             relays: HashMap::new(),
             suspicions: HashMap::new(),
             ml_queue: BroadcastQueue::default(),
@@ -499,7 +513,11 @@ impl Gossip {
                 Timer::ProbeNoAck(seq) => self.probe_no_ack(now, seq),
                 Timer::ProbeDeadline(seq) => self.probe_deadline(now, seq, false),
                 Timer::ProbeGrace(seq) => self.probe_deadline(now, seq, true),
-                Timer::RelayExpire(seq) => self.relay_expire(now, seq),
+                Timer::RelayNack(seq) => self.relay_nack(now, seq),
+                Timer::RelayExpire(seq) => {
+                    self.relays.remove(&seq);
+                }
+                Timer::NackGrace(seq) => self.nack_grace_over(seq),
                 Timer::Suspicion(node) => self.suspicion_expired(now, &node),
                 Timer::Reap => self.reap(now),
                 Timer::Reconnect => self.reconnect(now),
@@ -827,6 +845,7 @@ impl Gossip {
         self.streams.insert(id, StreamPurpose::PushPull { join });
         self.out.push_back(Output::Stream(StreamRequest {
             id,
+            kind: StreamKind::PushPull,
             to: addr,
             data,
             deadline: now + self.cfg.timing.tcp_timeout,

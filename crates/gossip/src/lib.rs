@@ -52,7 +52,7 @@ pub use event::{
     Event, IncomingQuery, JoinId, Member, MemberEventKind, MemberStatus, QueryId, QueryReplyTo, Tags,
     UserEvent, Versions,
 };
-pub use gossip::{CommandError, Gossip, META_MAX_SIZE, Output, Stats, StreamId, StreamRequest};
+pub use gossip::{CommandError, Gossip, META_MAX_SIZE, Output, Stats, StreamId, StreamKind, StreamRequest};
 pub use keyring::{KeyError, Keyring, decode_key, encode_key};
 pub use query::{INTERNAL_QUERY_PREFIX, QueryParams};
 pub use serf::{decode_tags, encode_tags};

@@ -299,20 +299,27 @@ impl Gossip {
                 want_nack: ind.nack,
             },
         );
-        self.timers.at(now + self.cfg.timing.probe_timeout, Timer::RelayExpire(seq));
+        // memberlist's asker stops counting nacks at the end of its probe interval, which is
+        // exactly when a relay waiting the full probe timeout would send one: nack a little
+        // earlier so the nack arrives in time, but keep forwarding a late ack until the timeout.
+        let timeout = self.cfg.timing.probe_timeout;
+        self.timers.at(now + timeout.mul_f64(0.8), Timer::RelayNack(seq));
+        self.timers.at(now + timeout, Timer::RelayExpire(seq));
         let m = mp::encode_with_type(kind::PING, &ping);
         let node = (!ind.node.is_empty()).then_some(ind.node.as_str());
         self.send_msg(target, node, m);
         Ok(())
     }
 
-    pub(crate) fn relay_expire(&mut self, _now: Instant, seq: u32) {
-        let Some(relay) = self.relays.remove(&seq) else { return };
-        if relay.want_nack {
-            let nack = mp::encode_with_type(kind::NACK, &msg::Nack { seq_no: relay.origin_seq });
-            let node = (!relay.origin_node.is_empty()).then_some(relay.origin_node.as_str());
-            self.send_msg(relay.origin, node, nack);
+    pub(crate) fn relay_nack(&mut self, _now: Instant, seq: u32) {
+        let Some(relay) = self.relays.get_mut(&seq) else { return };
+        if !std::mem::take(&mut relay.want_nack) {
+            return;
         }
+        let (origin, origin_seq) = (relay.origin, relay.origin_seq);
+        let node = (!relay.origin_node.is_empty()).then(|| relay.origin_node.clone());
+        let nack = mp::encode_with_type(kind::NACK, &msg::Nack { seq_no: origin_seq });
+        self.send_msg(origin, node.as_deref(), nack);
     }
 
     pub(crate) fn handle_ack(&mut self, now: Instant, ack: msg::Ack) -> Result<(), DropReason> {
@@ -332,8 +339,22 @@ impl Gossip {
     pub(crate) fn handle_nack(&mut self, nack: msg::Nack) -> Result<(), DropReason> {
         if let Some(p) = self.probe.as_mut().filter(|p| p.seq == nack.seq_no) {
             p.nacks += 1;
+        } else if let Some((seq, _, received)) = self.nack_window.as_mut()
+            && *seq == nack.seq_no
+        {
+            *received += 1;
         }
         Ok(())
+    }
+
+    /// Lifeguard: nacks we expected but never got mean *we* may be the problem.
+    pub(crate) fn nack_grace_over(&mut self, seq: u32) {
+        if let Some((s, expected, received)) = self.nack_window
+            && s == seq
+        {
+            self.nack_window = None;
+            self.apply_awareness(i64::from(expected.saturating_sub(received)));
+        }
     }
 
     // -------------------------------------------------------- probing
@@ -483,6 +504,7 @@ impl Gossip {
             self.streams.insert(id, StreamPurpose::FallbackPing { seq });
             self.out.push_back(crate::gossip::Output::Stream(StreamRequest {
                 id,
+                kind: crate::gossip::StreamKind::Ping,
                 to: target.addr,
                 data,
                 deadline: deadline.max(now),
@@ -528,10 +550,16 @@ impl Gossip {
             self.apply_awareness(-1);
             return;
         }
-        // Lifeguard: missing nacks mean *we* may be the problem.
-        let delta =
-            if p.expected_nacks > 0 { i64::from(p.expected_nacks.saturating_sub(p.nacks)) } else { 1 };
-        self.apply_awareness(delta);
+        if p.expected_nacks > 0 {
+            // Give nacks that are already on their way a moment to arrive before judging ourselves.
+            if let Some((seq, _, _)) = self.nack_window {
+                self.nack_grace_over(seq);
+            }
+            self.nack_window = Some((p.seq, p.expected_nacks, p.nacks));
+            self.timers.at(now + self.cfg.timing.probe_timeout / 4, Timer::NackGrace(p.seq));
+        } else {
+            self.apply_awareness(1);
+        }
         self.stats.probe_failures += 1;
         let Some(inc) = self.node(&p.target).map(|n| n.incarnation) else { return };
         tracing::info!(node = %p.target, "suspect has failed, no acks received");

@@ -20,8 +20,12 @@ pub(crate) enum Timer {
     ProbeDeadline(u32),
     /// Last chance for a TCP fallback result of probe `seq`.
     ProbeGrace(u32),
-    /// We relayed a ping for someone; give up (and nack if asked).
+    /// We relayed a ping for someone and heard nothing yet: nack if asked.
+    RelayNack(u32),
+    /// We relayed a ping for someone; stop waiting for its ack.
     RelayExpire(u32),
+    /// Late nacks for a failed probe have had their chance: update our health score.
+    NackGrace(u32),
     /// Suspicion of a member ran out.
     Suspicion(Arc<str>),
     /// Forget failed/left members whose time is up.

@@ -50,6 +50,10 @@ pub struct SimNode {
     pub record: bool,
     /// Bytes this host sent (datagrams and streams).
     pub bytes_sent: u64,
+    /// Of which in TCP exchanges (push/pull, fallback pings), both directions' bytes it wrote.
+    pub stream_bytes: u64,
+    /// TCP push/pull exchanges this host started.
+    pub push_pulls_started: u64,
     wake: Option<Instant>,
     config: Config,
 }
@@ -144,6 +148,8 @@ impl Sim {
             events: Vec::new(),
             record: false,
             bytes_sent: 0,
+            stream_bytes: 0,
+            push_pulls_started: 0,
             wake: None,
             config: cfg,
         });
@@ -268,6 +274,10 @@ impl Sim {
                 }
                 Output::Stream(req) => {
                     self.nodes[i].bytes_sent += req.data.len() as u64;
+                    self.nodes[i].stream_bytes += req.data.len() as u64;
+                    if req.kind == shoal_gossip::StreamKind::PushPull {
+                        self.nodes[i].push_pulls_started += 1;
+                    }
                     let at = self.now + self.delay();
                     self.schedule(at, Delivery::StreamRequest { from: i, req });
                 }
@@ -321,6 +331,7 @@ impl Sim {
                         match reply {
                             Some(r) => {
                                 self.nodes[d].bytes_sent += r.len() as u64;
+                                self.nodes[d].stream_bytes += r.len() as u64;
                                 Ok(r)
                             }
                             None => Err("closed without reply".to_string()),
@@ -431,5 +442,15 @@ impl Sim {
     /// Total bytes sent by all hosts.
     pub fn total_bytes(&self) -> u64 {
         self.nodes.iter().map(|n| n.bytes_sent).sum()
+    }
+
+    /// Total bytes written into TCP exchanges by all hosts.
+    pub fn total_stream_bytes(&self) -> u64 {
+        self.nodes.iter().map(|n| n.stream_bytes).sum()
+    }
+
+    /// Total push/pull exchanges started by all hosts.
+    pub fn total_push_pulls(&self) -> u64 {
+        self.nodes.iter().map(|n| n.push_pulls_started).sum()
     }
 }

@@ -272,3 +272,21 @@ fn restarted_member_rejoins_and_is_alive_again() {
     let t = sim.run_until(50 * MS, 20 * S, Sim::converged).expect("back");
     assert!(t < 3 * S, "{t:?}");
 }
+
+#[test]
+fn lifeguard_blames_the_isolated_node_not_the_healthy_ones() {
+    let mut sim = cluster(13, Profile::Lan, 12);
+    sim.run_until(50 * MS, 10 * S, Sim::converged).expect("converges");
+    // A crash: probers get their nacks in time, so nobody doubts its own health.
+    sim.crash(11);
+    sim.run_until(100 * MS, 30 * S, |s| s.count_seeing("node-11", MemberStatus::Failed) == 11)
+        .expect("detected");
+    let scores: Vec<u32> = (0..11).map(|i| sim.gossip(i).health_score()).collect();
+    assert!(scores.iter().all(|&s| s == 0), "healthy probers stay healthy: {scores:?}");
+    // A node cut off from everyone gets no acks and no nacks: it slows itself down.
+    let others: Vec<usize> = (0..10).collect();
+    sim.partition(&[&others, &[10]]);
+    sim.run_for(3 * S);
+    assert!(sim.gossip(10).health_score() > 0, "the isolated node lowers its own health");
+    sim.heal();
+}

@@ -147,8 +147,13 @@ impl Serf {
 /// A `shoal agent` process.
 pub fn shoal_agent(name: &str, bind: SocketAddr, extra: &[&str]) -> Proc {
     let log = std::env::temp_dir().join(format!("shoal-test-{name}-{}.log", bind.port()));
-    let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["agent", "--node", name, "--bind", &bind.to_string()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.args(["agent", "--node", name, "--bind", &bind.to_string()]);
+    // Every agent serves RPC; give each its own port unless the test chose one.
+    if !extra.contains(&"--rpc-addr") {
+        cmd.args(["--rpc-addr", &addr(free_port()).to_string()]);
+    }
+    let child = cmd
         .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log file"))
