@@ -32,6 +32,12 @@ pub struct LogArgs {
 pub enum Command {
     /// Run a gossip agent: a full member of a Shoal or HashiCorp Serf cluster.
     Agent(Box<AgentArgs>),
+    /// Run an HTTP load balancer whose backend pool follows the cluster live (with its agent).
+    Balancer(Box<BalancerArgs>),
+    /// Run the demo web app of the reference stack.
+    Webapp(WebappArgs),
+    /// Run a whole cluster on loopback: a balancer and N web apps with their agents.
+    Demo(DemoArgs),
     /// List the members an agent knows (works against Serf agents too).
     Members(MembersArgs),
     /// Tell an agent to join a cluster through the given addresses.
@@ -283,4 +289,82 @@ pub struct InfoArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// Flags of `shoal balancer`: every agent flag, plus the balancer's.
+#[derive(Debug, Args)]
+pub struct BalancerArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Address to serve HTTP on; repeatable.
+    #[arg(long = "listen", env = "SHOAL_LISTEN", value_delimiter = ',', default_value = "0.0.0.0:80")]
+    pub listen: Vec<SocketAddr>,
+    /// Members with this `role` tag are backends.
+    #[arg(long, env = "SHOAL_BACKEND_ROLE", default_value = "backend")]
+    pub backend_role: String,
+    /// Backends must also carry this tag (KEY=VALUE); repeatable.
+    #[arg(long = "backend-tag", env = "SHOAL_BACKEND_TAGS", value_delimiter = ',')]
+    pub backend_tags: Vec<String>,
+    /// Port of the service on each backend (a member's `port` tag overrides it).
+    #[arg(long, env = "SHOAL_BACKEND_PORT", default_value_t = 3000)]
+    pub backend_port: u16,
+    /// How to pick a backend: roundrobin, leastconn, random, source, uri, header:NAME, cookie:NAME.
+    #[arg(long, env = "SHOAL_ALGORITHM", default_value = "roundrobin")]
+    pub algorithm: String,
+    /// Sticky sessions: the cookie the balancer sets (e.g. SERVERID).
+    #[arg(long, env = "SHOAL_STICKY_COOKIE")]
+    pub sticky_cookie: Option<String>,
+    /// Path of the active health check (HEAD PATH, like the reference stack's `option httpchk`).
+    #[arg(long, env = "SHOAL_HEALTH_PATH", default_value = "/")]
+    pub health_path: String,
+    /// Time between health checks.
+    #[arg(long, env = "SHOAL_HEALTH_INTERVAL", value_parser = parse_duration, default_value = "2s")]
+    pub health_interval: Duration,
+    /// Route to members as soon as gossip says they are alive, without active checks.
+    #[arg(long, env = "SHOAL_NO_HEALTH_CHECKS")]
+    pub no_health_checks: bool,
+    /// Address of the stats page and status endpoints.
+    #[arg(long, env = "SHOAL_STATS", default_value = "0.0.0.0:1936")]
+    pub stats: SocketAddr,
+    /// TOML configuration (frontends, pools, routes, timeouts, limits); replaces the flags above.
+    /// Re-read on SIGHUP.
+    #[arg(long, env = "SHOAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Worker threads for the proxy [default: one per CPU].
+    #[arg(long, env = "SHOAL_THREADS")]
+    pub threads: Option<usize>,
+}
+
+/// Flags of `shoal webapp`.
+#[derive(Debug, Args)]
+pub struct WebappArgs {
+    /// Address to serve on.
+    #[arg(long, env = "SHOAL_WEBAPP_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+    /// Address this server reports [default: the listen IP, or the first private IPv4].
+    #[arg(long, env = "SERVER_IP")]
+    pub server_ip: Option<String>,
+    /// Name this server reports [default: the host name].
+    #[arg(long, env = "SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// Tag this server reports (also read from SERVER_TAG).
+    #[arg(long, env = "TAG")]
+    pub tag: Option<String>,
+}
+
+/// Flags of `shoal demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Web apps to start with.
+    #[arg(long, default_value_t = 3)]
+    pub backends: usize,
+    /// Where the balancer serves.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the stats are served.
+    #[arg(long, default_value = "127.0.0.1:1936")]
+    pub stats: SocketAddr,
+    /// Read commands from stdin (a: add, r: remove, k: kill, s: status, q: quit).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub interactive: bool,
 }

@@ -1,9 +1,12 @@
 //! `shoal`: one binary, every role of the cluster (see `shoal --help`).
 
 mod agent_cmd;
+mod balancer_cmd;
 mod cli;
 mod client_cmds;
+mod demo_cmd;
 mod logging;
+mod webapp_cmd;
 
 use clap::Parser;
 
@@ -11,8 +14,21 @@ use crate::cli::Command;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let log_tap = logging::init(&cli.log, matches!(cli.command, Command::Agent(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let long_running = matches!(
+        cli.command,
+        Command::Agent(_) | Command::Balancer(_) | Command::Webapp(_) | Command::Demo(_)
+    );
+    let log_tap = logging::init(&cli.log, long_running);
+    let threads = match &cli.command {
+        Command::Balancer(b) => b.threads,
+        _ => None,
+    };
+    let runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shoal: cannot start the async runtime: {e}");
@@ -23,6 +39,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Agent(args) => agent_cmd::run(*args, log_tap).await,
+            Command::Balancer(args) => balancer_cmd::run(*args, log_tap).await,
+            Command::Webapp(args) => webapp_cmd::run(args).await,
+            Command::Demo(args) => demo_cmd::run(args).await,
             Command::Members(a) => client_cmds::members(a).await,
             Command::Join(a) => client_cmds::join(a).await,
             Command::Leave(a) => client_cmds::leave(a).await,

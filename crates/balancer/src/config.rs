@@ -1,0 +1,548 @@
+//! The balancer's configuration: frontends (listeners and routes), pools
+//! (which members, how to pick one, health, stickiness, retries), timeouts and
+//! limits. It comes from flags or a TOML file; [`BalancerConfig::validate`]
+//! refuses a bad one with a message naming the field, before anything changes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Parses `5s`, `500ms`, `1m` (and `0`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a pool picks a server for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Smooth weighted round-robin (nginx's; the reference stack's `balance roundrobin`).
+    #[default]
+    RoundRobin,
+    /// Fewest requests in flight, relative to weight.
+    LeastConn,
+    /// Two random servers, the less busy one wins.
+    Random2,
+    /// Consistent hash of the client IP.
+    Source,
+    /// Consistent hash of a request header.
+    Header(String),
+    /// Consistent hash of a cookie.
+    Cookie(String),
+    /// Consistent hash of the path and query.
+    Uri,
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "roundrobin" => Algorithm::RoundRobin,
+            "leastconn" => Algorithm::LeastConn,
+            "random" | "random2" => Algorithm::Random2,
+            "source" => Algorithm::Source,
+            "uri" => Algorithm::Uri,
+            _ => match s.split_once(':') {
+                Some(("header", h)) if !h.is_empty() => Algorithm::Header(h.to_ascii_lowercase()),
+                Some(("cookie", c)) if !c.is_empty() => Algorithm::Cookie(c.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown algorithm {s:?}: expected roundrobin, leastconn, random, source, uri, header:NAME or cookie:NAME"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Algorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// When a failed attempt is tried again on another server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The connection to the server could not be made.
+    ConnectFailure,
+    /// The connection died before any response byte.
+    EmptyResponse,
+    /// The server answered 502, 503 or 504.
+    Gateway,
+}
+
+/// Active health checks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Whether to check at all.
+    pub enabled: bool,
+    /// HTTP method (`HEAD` like the reference stack).
+    pub method: String,
+    /// Path to request.
+    pub path: String,
+    /// Expected status: `2xx-3xx` (default), or one code such as `200`.
+    pub expect: String,
+    /// Time between checks.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Successes in a row that bring a server back up.
+    pub rise: u32,
+    /// Failures in a row that take a server down.
+    pub fall: u32,
+    /// How long one check may take.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            method: "HEAD".into(),
+            path: "/".into(),
+            expect: "2xx-3xx".into(),
+            interval: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Whether a status passes the check.
+    pub fn accepts(&self, status: u16) -> bool {
+        match self.expect.as_str() {
+            "2xx-3xx" => (200..400).contains(&status),
+            "2xx" => (200..300).contains(&status),
+            code => code.parse::<u16>().is_ok_and(|c| c == status),
+        }
+    }
+}
+
+/// Passive outlier detection: servers that fail real requests are taken out for a while.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveConfig {
+    /// Whether to eject failing servers.
+    pub enabled: bool,
+    /// Connection failures in a row that eject a server.
+    pub connect_failures: u32,
+    /// 5xx answers in a row that eject a server.
+    pub consecutive_5xx: u32,
+    /// First ejection time; each further ejection in a row doubles it.
+    #[serde(with = "duration")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(with = "duration")]
+    pub max_ejection: Duration,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            enabled: true,
+            connect_failures: 1,
+            consecutive_5xx: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A set of backends selected from the cluster's members.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pool name (used by routes and in stats).
+    pub name: String,
+    /// Members whose `role` tag is this (empty: any role).
+    #[serde(default = "default_role")]
+    pub role: String,
+    /// Members must also carry these tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Port of the service on each member, unless its `port` tag says otherwise.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// How to pick a server.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Active checks.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub passive: PassiveConfig,
+    /// Newcomers ramp up to their full weight over this long.
+    #[serde(default, with = "duration")]
+    pub slow_start: Duration,
+    /// Sticky-session cookie (`SERVERID` in the reference); none: no stickiness.
+    #[serde(default)]
+    pub sticky_cookie: Option<String>,
+    /// Attempts on other servers after a failure (idempotent requests only).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Which failures are retried.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+}
+
+fn default_role() -> String {
+    "backend".into()
+}
+fn default_port() -> u16 {
+    3000
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectFailure, RetryOn::EmptyResponse]
+}
+
+impl PoolConfig {
+    /// A pool of `role` members on `port` with every default.
+    pub fn new(name: &str, role: &str, port: u16) -> PoolConfig {
+        PoolConfig {
+            name: name.into(),
+            role: role.into(),
+            tags: BTreeMap::new(),
+            port,
+            algorithm: Algorithm::default(),
+            health: HealthConfig::default(),
+            passive: PassiveConfig::default(),
+            slow_start: Duration::ZERO,
+            sticky_cookie: None,
+            retries: default_retries(),
+            retry_on: default_retry_on(),
+        }
+    }
+}
+
+/// TLS for a frontend; files are re-read when they change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// A rule sending requests to a pool by Host header and path prefix.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Host header to match (port ignored, case-insensitive; `*.example.com` matches subdomains).
+    pub host: Option<String>,
+    /// Path prefix to match.
+    pub path_prefix: Option<String>,
+    /// Pool to use.
+    pub pool: String,
+}
+
+/// Listeners and the routes behind them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendConfig {
+    /// Frontend name (in stats).
+    pub name: String,
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// TLS termination.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Routes, first match wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Pool for requests no route matches.
+    pub default_pool: String,
+}
+
+/// Timeouts (HAProxy's names in parentheses).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Connecting to a server (`timeout connect`).
+    #[serde(with = "duration")]
+    pub connect: Duration,
+    /// Client inactivity while a request is in progress (`timeout client`).
+    #[serde(with = "duration")]
+    pub client: Duration,
+    /// Server inactivity while waiting for or streaming a response (`timeout server`).
+    #[serde(with = "duration")]
+    pub server: Duration,
+    /// Receiving a complete request head (`timeout http-request`); 408 when exceeded.
+    #[serde(with = "duration")]
+    pub request_headers: Duration,
+    /// Idle keep-alive connections are closed after this (`timeout http-keep-alive`).
+    #[serde(with = "duration")]
+    pub keepalive: Duration,
+    /// Longest wait for in-flight requests on shutdown or reload.
+    #[serde(with = "duration")]
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            client: Duration::from_secs(50),
+            server: Duration::from_secs(50),
+            request_headers: Duration::from_secs(10),
+            keepalive: Duration::from_secs(60),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Client connections at once (beyond: not accepted until one closes).
+    pub max_connections: usize,
+    /// Largest request head, in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: 65_536, max_header_bytes: 16 * 1024, max_body_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// Everything the balancer does.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerConfig {
+    /// Frontends.
+    pub frontends: Vec<FrontendConfig>,
+    /// Pools.
+    pub pools: Vec<PoolConfig>,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Stats and status listener.
+    #[serde(default)]
+    pub stats: Option<SocketAddr>,
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid balancer configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl BalancerConfig {
+    /// One frontend on `listen` routing everything to one pool.
+    pub fn simple(listen: Vec<SocketAddr>, pool: PoolConfig, stats: Option<SocketAddr>) -> BalancerConfig {
+        BalancerConfig {
+            frontends: vec![FrontendConfig {
+                name: "http".into(),
+                listen,
+                tls: None,
+                routes: Vec::new(),
+                default_pool: pool.name.clone(),
+            }],
+            pools: vec![pool],
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            stats,
+        }
+    }
+
+    /// Parses and validates a TOML file's text.
+    pub fn from_toml(text: &str) -> Result<BalancerConfig, ConfigError> {
+        let cfg: BalancerConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks everything that can be checked without binding sockets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.frontends.is_empty() {
+            return err("at least one frontend is needed".into());
+        }
+        let mut pools = HashSet::new();
+        for p in &self.pools {
+            if p.name.is_empty() {
+                return err("a pool has an empty name".into());
+            }
+            if !pools.insert(p.name.as_str()) {
+                return err(format!("pool {:?} is defined twice", p.name));
+            }
+            if p.port == 0 {
+                return err(format!("pool {:?}: port must not be 0", p.name));
+            }
+            let h = &p.health;
+            if h.enabled {
+                if h.interval.is_zero() || h.timeout.is_zero() {
+                    return err(format!("pool {:?}: health interval and timeout must be positive", p.name));
+                }
+                if h.rise == 0 || h.fall == 0 {
+                    return err(format!("pool {:?}: health rise and fall must be at least 1", p.name));
+                }
+                if h.method.parse::<http::Method>().is_err() {
+                    return err(format!("pool {:?}: invalid health method {:?}", p.name, h.method));
+                }
+                if !h.path.starts_with('/') {
+                    return err(format!("pool {:?}: health path must start with '/'", p.name));
+                }
+                if !matches!(h.expect.as_str(), "2xx-3xx" | "2xx") && h.expect.parse::<u16>().is_err() {
+                    return err(format!(
+                        "pool {:?}: health expect must be 2xx-3xx, 2xx or a status code",
+                        p.name
+                    ));
+                }
+            }
+            if let Some(c) = &p.sticky_cookie
+                && (c.is_empty() || c.contains([';', '=', ' ', ',']))
+            {
+                return err(format!("pool {:?}: invalid sticky cookie name {c:?}", p.name));
+            }
+        }
+        let mut addrs = HashSet::new();
+        let mut names = HashSet::new();
+        for f in &self.frontends {
+            if !names.insert(f.name.as_str()) {
+                return err(format!("frontend {:?} is defined twice", f.name));
+            }
+            if f.listen.is_empty() {
+                return err(format!("frontend {:?} listens nowhere", f.name));
+            }
+            // Port 0 asks the system for a free port: never a clash.
+            for a in f.listen.iter().filter(|a| a.port() != 0) {
+                if !addrs.insert(*a) || self.stats == Some(*a) {
+                    return err(format!("address {a} is used twice"));
+                }
+            }
+            if !pools.contains(f.default_pool.as_str()) {
+                return err(format!("frontend {:?}: unknown default pool {:?}", f.name, f.default_pool));
+            }
+            for r in &f.routes {
+                if !pools.contains(r.pool.as_str()) {
+                    return err(format!("frontend {:?}: route to unknown pool {:?}", f.name, r.pool));
+                }
+                if r.host.is_none() && r.path_prefix.is_none() {
+                    return err(format!("frontend {:?}: a route needs a host or a path_prefix", f.name));
+                }
+                if r.path_prefix.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                    return err(format!("frontend {:?}: path_prefix must start with '/'", f.name));
+                }
+            }
+            if let Some(tls) = &f.tls {
+                for path in [&tls.cert, &tls.key] {
+                    if !path.exists() {
+                        return err(format!("frontend {:?}: {} does not exist", f.name, path.display()));
+                    }
+                }
+            }
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return err("limits.max_header_bytes must be at least 8192".into());
+        }
+        if self.limits.max_connections == 0 {
+            return err("limits.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+        stats = "127.0.0.1:1936"
+
+        [[frontends]]
+        name = "web"
+        listen = ["0.0.0.0:80"]
+        default_pool = "app"
+        routes = [
+            { host = "api.example.com", pool = "api" },
+            { path_prefix = "/static/", pool = "app" },
+        ]
+
+        [[pools]]
+        name = "app"
+        algorithm = "leastconn"
+        sticky_cookie = "SERVERID"
+        slow_start = "10s"
+        health = { path = "/health", interval = "1s", expect = "200" }
+
+        [[pools]]
+        name = "api"
+        role = "api"
+        tags = { zone = "eu" }
+        port = 8080
+        algorithm = "header:X-User"
+        retry_on = ["connect-failure", "gateway"]
+
+        [timeouts]
+        connect = "2s"
+    "#;
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = BalancerConfig::from_toml(FULL).unwrap();
+        assert_eq!(c.pools[0].algorithm, Algorithm::LeastConn);
+        assert_eq!(c.pools[0].slow_start, Duration::from_secs(10));
+        assert!(c.pools[0].health.accepts(200) && !c.pools[0].health.accepts(204));
+        assert_eq!(c.pools[1].algorithm, Algorithm::Header("x-user".into()));
+        assert_eq!(c.pools[1].port, 8080);
+        assert_eq!(c.timeouts.connect, Duration::from_secs(2));
+        assert_eq!(c.timeouts.client, Duration::from_secs(50));
+        assert_eq!(c.frontends[0].routes.len(), 2);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let cases = [
+            (FULL.replace("default_pool = \"app\"", "default_pool = \"nope\""), "unknown default pool"),
+            (FULL.replace("algorithm = \"leastconn\"", "algorithm = \"fastest\""), "unknown algorithm"),
+            (FULL.replace("connect = \"2s\"", "connect = \"soon\""), "invalid duration"),
+            (FULL.replace("port = 8080", "port = 0"), "port must not be 0"),
+            (FULL.replace("name = \"api\"\n", "name = \"app\"\n"), "defined twice"),
+            (FULL.replace("[timeouts]", "[timeout]"), "unknown field"),
+            (FULL.replace("path = \"/health\"", "path = \"health\""), "must start with '/'"),
+        ];
+        for (text, why) in cases {
+            let e = BalancerConfig::from_toml(&text).unwrap_err();
+            assert!(e.0.contains(why), "{why}: got {e}");
+        }
+    }
+
+    #[test]
+    fn algorithms_parse() {
+        assert_eq!("random".parse::<Algorithm>().unwrap(), Algorithm::Random2);
+        assert_eq!("cookie:SID".parse::<Algorithm>().unwrap(), Algorithm::Cookie("SID".into()));
+        assert!("header:".parse::<Algorithm>().is_err());
+    }
+}

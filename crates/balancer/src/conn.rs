@@ -1,0 +1,277 @@
+//! A client connection's socket, guarded: request-head and keep-alive timeouts
+//! (with a `408 Request Timeout` for a head that never completes), and a
+//! request-smuggling check hyper does not make.
+//!
+//! hyper quietly accepts a request carrying both `Content-Length` and
+//! `Transfer-Encoding` (it drops the length). A proxy should refuse it, so the
+//! raw bytes of each request head are looked at here and the service answers
+//! such a request with 400 and closes. The state shared with the service says
+//! whether a request is in progress: only between requests do the head and
+//! keep-alive deadlines apply.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// What the connection and the service share.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Requests in progress (from the service call until the response body is done).
+    pub busy: AtomicU32,
+    /// Requests completed.
+    pub served: AtomicU64,
+    /// The head being read carries both Content-Length and Transfer-Encoding.
+    pub smuggling: AtomicBool,
+    /// Requests answered 408 or closed for idleness (for stats).
+    pub timed_out: AtomicBool,
+}
+
+impl ConnState {
+    /// Marks a request as started.
+    pub fn begin(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks a request as finished (its response body has been handed over).
+    pub fn end(&self) {
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Deadlines for a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct IoTimeouts {
+    /// A request head must be complete this long after its first byte (or after accept).
+    pub request_headers: Duration,
+    /// An idle connection between requests is closed after this.
+    pub keepalive: Duration,
+}
+
+/// The guarded socket.
+pub struct GuardedIo<T> {
+    inner: T,
+    state: Arc<ConnState>,
+    timeouts: IoTimeouts,
+    sleep: Pin<Box<Sleep>>,
+    idle_since: Instant,
+    head_started: Option<Instant>,
+    head: Vec<u8>,
+    head_done: bool,
+    seen_served: u64,
+    passthrough: bool,
+}
+
+impl<T> GuardedIo<T> {
+    /// Guards `inner`; with `h2` the request-level checks are off (HTTP/2 frames requests itself).
+    pub fn new(inner: T, state: Arc<ConnState>, timeouts: IoTimeouts, h2: bool) -> GuardedIo<T> {
+        let now = Instant::now();
+        GuardedIo {
+            inner,
+            state,
+            timeouts,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeouts.request_headers)),
+            idle_since: now,
+            head_started: None,
+            head: Vec::new(),
+            head_done: false,
+            seen_served: 0,
+            passthrough: h2,
+        }
+    }
+
+    fn reset_for_next_request(&mut self) {
+        self.idle_since = Instant::now();
+        self.head_started = None;
+        self.head.clear();
+        self.head_done = false;
+        self.state.smuggling.store(false, Ordering::Relaxed);
+    }
+
+    /// Looks at head bytes for Content-Length together with Transfer-Encoding.
+    fn scan(&mut self, bytes: &[u8]) {
+        if self.head_done {
+            return;
+        }
+        self.head.extend_from_slice(bytes);
+        if self.head.len() >= H2_PREFACE.len() && self.head.starts_with(H2_PREFACE) {
+            self.passthrough = true;
+            return;
+        }
+        let Some(end) = find(&self.head, b"\r\n\r\n") else {
+            if self.head.len() > 64 * 1024 {
+                self.head_done = true; // hyper refuses it as too large anyway
+            }
+            return;
+        };
+        self.head_done = true;
+        let (mut cl, mut te) = (false, false);
+        for line in self.head[..end].split(|&b| b == b'\n').skip(1) {
+            let name = line.split(|&b| b == b':').next().unwrap_or(&[]);
+            let name = name.trim_ascii();
+            cl |= name.eq_ignore_ascii_case(b"content-length");
+            te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+        }
+        if cl && te {
+            self.state.smuggling.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.passthrough {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let served = this.state.served.load(Ordering::Relaxed);
+        if served != this.seen_served {
+            this.seen_served = served;
+            this.reset_for_next_request();
+        }
+        let busy = this.state.busy.load(Ordering::Relaxed) > 0;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 && !busy {
+                    this.head_started.get_or_insert_with(Instant::now);
+                    this.scan(&buf.filled()[before..]);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if busy || this.head_done {
+                    return Poll::Pending;
+                }
+                let deadline = match this.head_started {
+                    Some(t) => t + this.timeouts.request_headers,
+                    None if served == 0 => this.idle_since + this.timeouts.request_headers,
+                    None => this.idle_since + this.timeouts.keepalive,
+                };
+                if this.sleep.deadline() != deadline {
+                    this.sleep.as_mut().reset(deadline);
+                }
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.state.timed_out.store(true, Ordering::Relaxed);
+                if this.head_started.is_some() {
+                    // A head that never completed: say so before closing (best effort).
+                    let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
+                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    tracing::debug!("request head incomplete after {:?}: 408", this.timeouts.request_headers);
+                }
+                // End of stream: hyper closes the connection.
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn timeouts() -> IoTimeouts {
+        IoTimeouts { request_headers: Duration::from_millis(200), keepalive: Duration::from_millis(300) }
+    }
+
+    #[tokio::test]
+    async fn content_length_with_transfer_encoding_is_flagged() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = Arc::new(ConnState::default());
+        let mut io = GuardedIo::new(server, state.clone(), timeouts(), false);
+        client
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert!(state.smuggling.load(Ordering::Relaxed));
+
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = Arc::new(ConnState::default());
+        let mut io = GuardedIo::new(server, state.clone(), timeouts(), false);
+        client.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert!(!state.smuggling.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_head_gets_408_and_eof() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = Arc::new(ConnState::default());
+        let mut io = GuardedIo::new(server, state.clone(), timeouts(), false);
+        client.write_all(b"GET / HTTP/1.1\r\nHost: slow").await.unwrap();
+        let mut buf = [0u8; 256];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "end of stream after the head timeout");
+        let mut got = vec![0u8; RESPONSE_408.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, RESPONSE_408);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closes_silently() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = Arc::new(ConnState::default());
+        let mut io = GuardedIo::new(server, state.clone(), timeouts(), false);
+        let mut buf = [0u8; 16];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        drop(io);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "no 408 for a connection that never sent anything");
+    }
+}

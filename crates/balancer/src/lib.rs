@@ -1,0 +1,504 @@
+//! Shoal's HTTP load balancer: pools that follow gossip membership live.
+//!
+//! [`Balancer::start`] binds the frontends, builds a [`pool::Pool`] per pool
+//! configuration, and runs a controller that keeps each pool in line with the
+//! cluster's [`shoal_agent::Membership`] snapshot: a member that joins is
+//! routed to as soon as its first health check passes, a member that announces
+//! its leave is drained, a failed one is removed. No restart, no reload, and
+//! the request path never takes a lock.
+//!
+//! [`Balancer::reload`] swaps in a new configuration (SIGHUP) without dropping a
+//! connection; [`Balancer::shutdown`] stops accepting and lets in-flight
+//! requests finish.
+
+pub mod config;
+mod conn;
+mod health;
+mod limits;
+pub mod pool;
+pub mod proxy;
+mod stats;
+mod tls;
+mod upstream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use shoal_agent::Membership;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+pub use config::{Algorithm, BalancerConfig, ConfigError, PoolConfig};
+pub use health::check_once;
+
+use crate::conn::{ConnState, GuardedIo, IoTimeouts};
+use crate::pool::{Change, Pool};
+use crate::proxy::{ConnCtx, Frontend, FrontendStats, RouteRule};
+
+/// Errors from starting or reloading.
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS files could not be loaded.
+    #[error("TLS for frontend {frontend}: {reason}")]
+    Tls {
+        /// The frontend.
+        frontend: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Health-check tasks, by (pool, server).
+type Checkers = HashMap<(String, Arc<str>), JoinHandle<()>>;
+/// Listeners bound during a reload, before they are swapped in.
+type Fresh = HashMap<SocketAddr, (TcpListener, Option<tokio_rustls::TlsAcceptor>, Option<JoinHandle<()>>)>;
+
+struct Listener {
+    bound: SocketAddr,
+    frontend: Arc<ArcSwap<Frontend>>,
+    tls: Option<config::TlsConfig>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Inner {
+    cfg: std::sync::Mutex<BalancerConfig>,
+    pools: ArcSwap<BTreeMap<String, Arc<Pool>>>,
+    listeners: tokio::sync::Mutex<HashMap<SocketAddr, Listener>>,
+    frontend_stats: std::sync::Mutex<HashMap<String, Arc<FrontendStats>>>,
+    changed: Arc<Notify>,
+    members: watch::Receiver<Arc<Membership>>,
+    conns: Arc<Semaphore>,
+    open_conns: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+    shutdown: watch::Sender<bool>,
+    checkers: std::sync::Mutex<Checkers>,
+    controller: std::sync::Mutex<Option<JoinHandle<()>>>,
+    stats_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    stats_addr: std::sync::Mutex<Option<SocketAddr>>,
+}
+
+/// A running balancer.
+#[derive(Clone)]
+pub struct Balancer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer").finish_non_exhaustive()
+    }
+}
+
+impl Balancer {
+    /// Validates `cfg`, binds every listener and starts following `members`.
+    pub async fn start(
+        cfg: BalancerConfig,
+        members: watch::Receiver<Arc<Membership>>,
+    ) -> Result<Balancer, BalancerError> {
+        cfg.validate()?;
+        let inner = Arc::new(Inner {
+            cfg: std::sync::Mutex::new(cfg.clone()),
+            pools: ArcSwap::from_pointee(BTreeMap::new()),
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+            frontend_stats: std::sync::Mutex::new(HashMap::new()),
+            changed: Arc::new(Notify::new()),
+            members,
+            conns: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+            open_conns: Arc::new(AtomicUsize::new(0)),
+            drained: Arc::new(Notify::new()),
+            shutdown: watch::channel(false).0,
+            checkers: std::sync::Mutex::new(HashMap::new()),
+            controller: std::sync::Mutex::new(None),
+            stats_task: std::sync::Mutex::new(None),
+            stats_addr: std::sync::Mutex::new(None),
+        });
+        let b = Balancer { inner };
+        b.apply(cfg.clone(), true).await?;
+        if let Some(addr) = cfg.stats {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|source| BalancerError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_or(addr, |a| a);
+            *b.inner.stats_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+            tracing::info!(addr = %bound, "stats listening");
+            let task = tokio::spawn(stats::serve(listener, b.clone()));
+            *b.inner.stats_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
+        let controller = tokio::spawn(b.clone().control());
+        *b.inner.controller.lock().unwrap_or_else(|e| e.into_inner()) = Some(controller);
+        Ok(b)
+    }
+
+    /// Replaces the configuration. A bad one is refused before anything changes;
+    /// open connections are kept and see the new routes on their next request.
+    pub async fn reload(&self, cfg: BalancerConfig) -> Result<(), BalancerError> {
+        cfg.validate()?;
+        self.apply(cfg, false).await?;
+        self.inner.changed.notify_one();
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    async fn apply(&self, cfg: BalancerConfig, first: bool) -> Result<(), BalancerError> {
+        // Pools: keep the ones whose configuration did not change (with their servers and health).
+        let old_pools = self.inner.pools.load_full();
+        let mut pools = BTreeMap::new();
+        for pc in &cfg.pools {
+            let pool = match old_pools.get(&pc.name) {
+                Some(p) if p.cfg == *pc => p.clone(),
+                _ => Arc::new(Pool::new(pc.clone(), self.inner.changed.clone())),
+            };
+            pools.insert(pc.name.clone(), pool);
+        }
+        // Frontends, and new listeners bound before anything is swapped in.
+        let mut listeners = self.inner.listeners.lock().await;
+        let mut fresh: Fresh = HashMap::new();
+        let mut built = Vec::new();
+        for fc in &cfg.frontends {
+            let fe = Arc::new(self.frontend(fc, &cfg, &pools));
+            for &addr in &fc.listen {
+                let reuse = listeners.get(&addr).is_some_and(|l| l.tls == fc.tls);
+                if !reuse {
+                    let listener = TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| BalancerError::Bind { addr, source })?;
+                    let (acceptor, watcher) = match &fc.tls {
+                        Some(t) => {
+                            let (a, w) = tls::acceptor(t)
+                                .map_err(|reason| BalancerError::Tls { frontend: fc.name.clone(), reason })?;
+                            (Some(a), Some(w))
+                        }
+                        None => (None, None),
+                    };
+                    fresh.insert(addr, (listener, acceptor, watcher));
+                }
+                built.push((addr, fe.clone(), fc.tls.clone()));
+            }
+        }
+        // Everything is ready: swap.
+        let wanted: std::collections::HashSet<SocketAddr> = built.iter().map(|(a, _, _)| *a).collect();
+        let gone: Vec<SocketAddr> = listeners.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        for addr in gone {
+            if let Some(l) = listeners.remove(&addr) {
+                let _ = l.stop.send(true);
+                tracing::info!(%addr, "listener closed");
+            }
+        }
+        for (addr, fe, tls) in built {
+            match fresh.remove(&addr) {
+                None => {
+                    if let Some(l) = listeners.get(&addr) {
+                        l.frontend.store(fe);
+                    }
+                }
+                Some((listener, acceptor, watcher)) => {
+                    if let Some(old) = listeners.remove(&addr) {
+                        let _ = old.stop.send(true);
+                    }
+                    let frontend = Arc::new(ArcSwap::new(fe));
+                    let (stop, stop_rx) = watch::channel(false);
+                    let local = listener.local_addr().map_or(addr, |a| a);
+                    tracing::info!(addr = %local, tls = acceptor.is_some(), "listening");
+                    // The accept loop ends on `stop`; only the certificate watcher needs aborting.
+                    tokio::spawn(self.clone().accept_loop(listener, frontend.clone(), acceptor, stop_rx));
+                    let tasks = watcher.into_iter().collect();
+                    listeners.insert(addr, Listener { bound: local, frontend, tls, stop, tasks });
+                }
+            }
+        }
+        drop(listeners);
+        let removed: Vec<Arc<Pool>> = old_pools
+            .iter()
+            .filter(|(n, p)| pools.get(*n).is_none_or(|q| !Arc::ptr_eq(p, q)))
+            .map(|(_, p)| p.clone())
+            .collect();
+        self.inner.pools.store(Arc::new(pools));
+        *self.inner.cfg.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+        // Checkers of replaced pools stop; the controller starts new ones.
+        let mut checkers = self.inner.checkers.lock().unwrap_or_else(|e| e.into_inner());
+        for p in removed {
+            checkers.retain(|(pool, _), task| {
+                let keep = *pool != p.cfg.name;
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+        }
+        let _ = first;
+        Ok(())
+    }
+
+    fn frontend(
+        &self,
+        fc: &config::FrontendConfig,
+        cfg: &BalancerConfig,
+        pools: &BTreeMap<String, Arc<Pool>>,
+    ) -> Frontend {
+        let stats = self
+            .inner
+            .frontend_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(fc.name.clone())
+            .or_default()
+            .clone();
+        Frontend {
+            name: fc.name.clone(),
+            routes: fc
+                .routes
+                .iter()
+                .map(|r| RouteRule {
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    path_prefix: r.path_prefix.clone(),
+                    pool: pools[&r.pool].clone(),
+                })
+                .collect(),
+            default_pool: pools[&fc.default_pool].clone(),
+            tls: fc.tls.is_some(),
+            timeouts: cfg.timeouts.clone(),
+            max_body: cfg.limits.max_body_bytes,
+            stats,
+        }
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> Arc<BTreeMap<String, Arc<Pool>>> {
+        self.inner.pools.load_full()
+    }
+
+    /// Frontend counters, by name.
+    pub fn frontend_stats(&self) -> Vec<(String, Arc<FrontendStats>)> {
+        let mut v: Vec<_> = self
+            .inner
+            .frontend_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub async fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.listeners.lock().await.values().map(|l| l.bound).collect()
+    }
+
+    /// The stats listener's bound address.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        *self.inner.stats_addr.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.inner.open_conns.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, asks open connections to finish their current request,
+    /// and waits for them (at most the drain timeout).
+    pub async fn shutdown(&self) {
+        let drain = self.inner.cfg.lock().unwrap_or_else(|e| e.into_inner()).timeouts.drain;
+        let _ = self.inner.shutdown.send(true);
+        for (_, l) in self.inner.listeners.lock().await.drain() {
+            let _ = l.stop.send(true);
+        }
+        let deadline = Instant::now() + drain;
+        while self.inner.open_conns.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            let _ = tokio::time::timeout_at(deadline.into(), self.inner.drained.notified()).await;
+        }
+        let left = self.inner.open_conns.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(connections = left, "drain timeout: closing the remaining connections");
+        }
+        if let Some(t) = self.inner.controller.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
+        if let Some(t) = self.inner.stats_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
+        for (_, t) in self.inner.checkers.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            t.abort();
+        }
+    }
+
+    /// Keeps pools in line with membership, health and ejections.
+    async fn control(self) {
+        let mut members = self.inner.members.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let snapshot = members.borrow_and_update().clone();
+            let now = Instant::now();
+            for pool in self.inner.pools.load().values() {
+                for change in pool.sync(&snapshot, now) {
+                    self.on_change(pool, change);
+                }
+            }
+            tokio::select! {
+                r = members.changed() => if r.is_err() { return },
+                () = self.inner.changed.notified() => {}
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    fn on_change(&self, pool: &Arc<Pool>, change: Change) {
+        let name = &pool.cfg.name;
+        let mut checkers = self.inner.checkers.lock().unwrap_or_else(|e| e.into_inner());
+        match change {
+            Change::Added(s) => {
+                tracing::info!(target: "shoal::server", pool = %name, server = %s.name, addr = %s.addr, "server added");
+                if pool.cfg.health.enabled {
+                    let task = tokio::spawn(health::check_loop(
+                        s.clone(),
+                        name.clone(),
+                        pool.cfg.health.clone(),
+                        self.inner.changed.clone(),
+                    ));
+                    if let Some(old) = checkers.insert((name.clone(), s.name.clone()), task) {
+                        old.abort();
+                    }
+                }
+            }
+            Change::Removed(s, why) => {
+                tracing::info!(target: "shoal::server", pool = %name, server = %s.name, addr = %s.addr, why, "server removed");
+                s.conns.clear();
+                if let Some(t) = checkers.remove(&(name.clone(), s.name.clone())) {
+                    t.abort();
+                }
+            }
+            Change::Draining(s) => {
+                tracing::info!(target: "shoal::server", pool = %name, server = %s.name, addr = %s.addr, "server draining (member leaving)");
+            }
+        }
+    }
+
+    async fn accept_loop(
+        self,
+        listener: TcpListener,
+        frontend: Arc<ArcSwap<Frontend>>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let local_port = listener.local_addr().map_or(0, |a| a.port());
+        loop {
+            let permit = tokio::select! {
+                p = self.inner.conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = stop.changed() => return,
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let ctx = ConnCtx {
+                frontend: frontend.clone(),
+                client: peer,
+                local_port,
+                state: Arc::new(ConnState::default()),
+            };
+            let inner = self.inner.clone();
+            let tls = tls.clone();
+            inner.open_conns.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                serve_conn(stream, ctx, tls, &inner).await;
+                drop(permit);
+                if inner.open_conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    inner.drained.notify_waiters();
+                }
+            });
+        }
+    }
+}
+
+async fn serve_conn(stream: TcpStream, ctx: ConnCtx, tls: Option<tokio_rustls::TlsAcceptor>, inner: &Inner) {
+    let _ = stream.set_nodelay(true);
+    let fe = ctx.frontend.load_full();
+    fe.stats.connections.fetch_add(1, Ordering::Relaxed);
+    fe.stats.current_connections.fetch_add(1, Ordering::Relaxed);
+    let timeouts =
+        IoTimeouts { request_headers: fe.timeouts.request_headers, keepalive: fe.timeouts.keepalive };
+    let max_header = inner.cfg.lock().map(|c| c.limits.max_header_bytes).unwrap_or(16 * 1024);
+    let mut shutdown = inner.shutdown.subscribe();
+    match tls {
+        None => {
+            let io = GuardedIo::new(stream, ctx.state.clone(), timeouts, false);
+            run_http(io, ctx, max_header, &mut shutdown).await;
+        }
+        Some(acceptor) => {
+            let accepted = tokio::time::timeout(timeouts.request_headers, acceptor.accept(stream)).await;
+            match accepted {
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = GuardedIo::new(tls, ctx.state.clone(), timeouts, h2);
+                    run_http(io, ctx, max_header, &mut shutdown).await;
+                }
+                Ok(Err(e)) => tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(client = %ctx.client, "TLS handshake timed out"),
+            }
+        }
+    }
+    fe.stats.current_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run_http<T>(io: GuardedIo<T>, ctx: ConnCtx, max_header: usize, shutdown: &mut watch::Receiver<bool>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = ctx.client;
+    let svc = service_fn(move |req| proxy::handle(req, ctx.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).max_buf_size(max_header).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%client, error = %e, "client connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(%client, error = %e, "client connection ended with an error");
+            }
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! The request path: route, pick a server, forward, retry, stick, answer.
+//!
+//! A request is matched to a pool by Host and path prefix, a server is picked
+//! (its sticky cookie first, then the pool's algorithm), hop-by-hop headers are
+//! dropped and `X-Forwarded-For/-Proto/-Port` added, and the request goes out
+//! on a pooled connection. A failure to connect, or a connection that dies
+//! before any response byte, is retried on another server for idempotent
+//! methods (and for any method when the request provably never left). Upgrades
+//! (WebSocket) are spliced through once the server answers 101.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::config::{RetryOn, Timeouts};
+use crate::conn::ConnState;
+use crate::limits::{BodyReport, LimitedBody};
+use crate::pool::{Pool, Server, hash_key};
+use crate::upstream::{ProxyBody, UpstreamBody, UpstreamError, exchange};
+
+/// Bodies up to this size are buffered so idempotent requests can be retried.
+const RETRY_BUFFER: u64 = 64 * 1024;
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct RouteRule {
+    /// Lower-cased host; a leading `*.` matches subdomains.
+    pub host: Option<String>,
+    /// Path prefix.
+    pub path_prefix: Option<String>,
+    /// Target pool.
+    pub pool: Arc<Pool>,
+}
+
+impl RouteRule {
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.host, host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(want), Some(h)) => match want.strip_prefix("*.") {
+                Some(suffix) => {
+                    h.len() > suffix.len() + 1
+                        && h.ends_with(suffix)
+                        && h.as_bytes()[h.len() - suffix.len() - 1] == b'.'
+                }
+                None => h == want,
+            },
+        };
+        host_ok && self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+    }
+}
+
+/// What a frontend needs on the request path.
+#[derive(Debug)]
+pub struct Frontend {
+    /// Name, for stats.
+    pub name: String,
+    /// Routes, first match wins.
+    pub routes: Vec<RouteRule>,
+    /// Pool when nothing matches.
+    pub default_pool: Arc<Pool>,
+    /// Whether clients come in over TLS.
+    pub tls: bool,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Largest request body.
+    pub max_body: u64,
+    /// Counters.
+    pub stats: Arc<FrontendStats>,
+}
+
+/// Frontend counters.
+#[derive(Debug, Default)]
+pub struct FrontendStats {
+    /// Requests received.
+    pub requests: std::sync::atomic::AtomicU64,
+    /// Requests refused (smuggling, too large, malformed).
+    pub denied: std::sync::atomic::AtomicU64,
+    /// Requests no server could take.
+    pub no_server: std::sync::atomic::AtomicU64,
+    /// Connections accepted.
+    pub connections: std::sync::atomic::AtomicU64,
+    /// Connections open now.
+    pub current_connections: std::sync::atomic::AtomicU64,
+}
+
+impl Frontend {
+    fn pool_for(&self, host: Option<&str>, path: &str) -> &Arc<Pool> {
+        self.routes.iter().find(|r| r.matches(host, path)).map_or(&self.default_pool, |r| &r.pool)
+    }
+}
+
+/// Per-connection context handed to every request.
+#[derive(Clone)]
+pub struct ConnCtx {
+    /// The frontend (re-read on every request, so a reload applies to open connections).
+    pub frontend: Arc<arc_swap::ArcSwap<Frontend>>,
+    /// The client.
+    pub client: SocketAddr,
+    /// The listener's port.
+    pub local_port: u16,
+    /// Shared with the guarded socket.
+    pub state: Arc<ConnState>,
+}
+
+/// Response bodies we hand to hyper: from a server, or made here.
+pub enum RespBody {
+    /// Streamed from a server.
+    Upstream(UpstreamBody),
+    /// Generated locally.
+    Local(Full<Bytes>),
+}
+
+/// A response body that tells the connection when the request is over.
+pub struct GuardedBody {
+    body: RespBody,
+    _guard: RequestGuard,
+}
+
+struct RequestGuard {
+    state: Arc<ConnState>,
+    server: Option<Arc<Server>>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.state.end();
+        if let Some(s) = &self.server {
+            s.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.body {
+            RespBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            RespBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            RespBody::Upstream(b) => b.is_end_stream(),
+            RespBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            RespBody::Upstream(b) => b.size_hint(),
+            RespBody::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Removes cookie `name` from the request (the server never sees the balancer's cookie).
+fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split_once('=').is_none_or(|(k, _)| k != name))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Drops hop-by-hop headers (and those the Connection header names); keeps Upgrade when asked.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if !(keep_upgrade && n == header::UPGRADE) {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        if !(keep_upgrade && (h == header::UPGRADE || h == header::CONNECTION)) {
+            headers.remove(h);
+        }
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// A locally generated answer.
+pub fn local(status: StatusCode, body: &'static str, close: bool) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::Local(Full::new(Bytes::from_static(body.as_bytes()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if close {
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+fn guard(
+    resp: Response<RespBody>,
+    state: &Arc<ConnState>,
+    server: Option<Arc<Server>>,
+) -> Response<GuardedBody> {
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, GuardedBody { body, _guard: RequestGuard { state: state.clone(), server } })
+}
+
+/// Handles one client request.
+pub async fn handle(req: Request<Incoming>, ctx: ConnCtx) -> Result<Response<GuardedBody>, Infallible> {
+    ctx.state.begin();
+    let frontend = ctx.frontend.load_full();
+    frontend.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if ctx.state.smuggling.load(Ordering::Relaxed) {
+        frontend.stats.denied.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(client = %ctx.client, "request with both Content-Length and Transfer-Encoding refused");
+        return Ok(guard(
+            local(StatusCode::BAD_REQUEST, "Bad request: ambiguous message length\n", true),
+            &ctx.state,
+            None,
+        ));
+    }
+    let (resp, server) = forward(req, &ctx, &frontend).await;
+    Ok(guard(resp, &ctx.state, server))
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    fe: &Frontend,
+) -> (Response<RespBody>, Option<Arc<Server>>) {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > fe.max_body) {
+        fe.stats.denied.fetch_add(1, Ordering::Relaxed);
+        return (local(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", true), None);
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(|h| {
+            h.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(h, _)| h)
+        })
+        .map(str::to_ascii_lowercase);
+    let pool = fe.pool_for(host.as_deref(), req.uri().path()).clone();
+    let upgrade = wants_upgrade(&req);
+    let mut req = req;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // Host for HTTP/2 clients, which send :authority instead.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    add_forwarded(&mut parts.headers, ctx.client, fe.tls, ctx.local_port);
+    let sticky_name = pool.cfg.sticky_cookie.clone();
+    let sticky_target =
+        sticky_name.as_deref().and_then(|c| cookie_value(&parts.headers, c)).map(str::to_string);
+    if let Some(c) = &sticky_name {
+        strip_cookie(&mut parts.headers, c);
+    }
+    let mut scratch = Vec::new();
+    let key: Option<Vec<u8>> =
+        hash_key(&pool.cfg.algorithm, ctx.client.ip(), &parts, &mut scratch).map(<[u8]>::to_vec);
+    if let Some(pq) = parts.uri.path_and_query()
+        && let Ok(uri) = pq.as_str().parse()
+    {
+        parts.uri = uri;
+    }
+
+    let retry_allowed = pool.cfg.retries > 0 && is_idempotent(&parts.method) && !upgrade;
+    let report = Arc::new(BodyReport::default());
+    let no_body = body.is_end_stream() || declared == Some(0);
+    let mut buffered: Option<Bytes> = None;
+    let mut stream: Option<Incoming> = None;
+    if no_body {
+        buffered = Some(Bytes::new());
+    } else if retry_allowed && declared.is_some_and(|n| n <= RETRY_BUFFER) {
+        match Limited::new(body, RETRY_BUFFER as usize).collect().await {
+            Ok(b) => buffered = Some(b.to_bytes()),
+            Err(_) => {
+                fe.stats.denied.fetch_add(1, Ordering::Relaxed);
+                return (local(StatusCode::BAD_REQUEST, "Bad request body\n", true), None);
+            }
+        }
+    } else {
+        stream = Some(body);
+    }
+    let can_retry = retry_allowed && buffered.is_some();
+    // Retries elsewhere, plus a couple of re-sends of requests that provably never left.
+    let max_attempts = if can_retry { pool.cfg.retries + 1 } else { 1 };
+    let max_resends = 2;
+    let head = Head { method: parts.method, uri: parts.uri, headers: parts.headers };
+    let mut head = Some(head);
+    let timeouts = &fe.timeouts;
+
+    let view = pool.view();
+    let mut tried: Vec<Arc<Server>> = Vec::new();
+    let sticky_server = sticky_target
+        .as_deref()
+        .and_then(|n| view.by_name(n))
+        .filter(|s| !s.is_ejected(Instant::now()))
+        .cloned();
+    let mut resend: Option<Request<ProxyBody>> = None;
+    let (mut attempts, mut resends) = (0u32, 0u32);
+    let mut last_failure = (StatusCode::SERVICE_UNAVAILABLE, "No server available\n");
+    loop {
+        let now = Instant::now();
+        let chosen = match (&resend, tried.last()) {
+            // A request that never left goes to the same server, on a fresh connection.
+            (Some(_), Some(last)) => Some(last.clone()),
+            _ if attempts == 0 && sticky_server.is_some() => sticky_server.clone(),
+            _ => view.pick(&pool.cfg.algorithm, key.as_deref(), &tried, now),
+        };
+        let Some(server) = chosen else {
+            fe.stats.no_server.fetch_add(1, Ordering::Relaxed);
+            return (local(last_failure.0, last_failure.1, false), None);
+        };
+        if sticky_target.is_some() && attempts == 0 && sticky_server.is_none() {
+            server.stats.redispatches.fetch_add(1, Ordering::Relaxed);
+        }
+        let active = server.active.fetch_add(1, Ordering::Relaxed) + 1;
+        server.stats.max_active.fetch_max(active, Ordering::Relaxed);
+        server.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let req = match resend.take() {
+            Some(r) => r,
+            None => {
+                let body = match (&buffered, stream.take()) {
+                    (Some(b), _) => ProxyBody::Buffered(Full::new(b.clone())),
+                    (None, Some(s)) => ProxyBody::Stream(LimitedBody::new(s, fe.max_body, report.clone())),
+                    (None, None) => ProxyBody::Buffered(Full::new(Bytes::new())),
+                };
+                // Keep a copy of the head only while another attempt is possible.
+                let h = if can_retry && attempts + 1 < max_attempts {
+                    head.clone().unwrap_or_default()
+                } else {
+                    head.take().unwrap_or_default()
+                };
+                h.into_request(body)
+            }
+        };
+        if let Some(b) = &buffered {
+            server.stats.bytes_in.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        let result = exchange(&server, req, timeouts.connect, timeouts.server).await;
+        let failure = match result {
+            Ok((resp, sender)) => {
+                attempts += 1;
+                let status = resp.status();
+                if server.responded(Instant::now(), status.as_u16(), &pool.cfg) {
+                    pool.changed();
+                }
+                let gateway = matches!(status.as_u16(), 502..=504);
+                if gateway
+                    && can_retry
+                    && attempts < max_attempts
+                    && pool.cfg.retry_on.contains(&RetryOn::Gateway)
+                {
+                    server.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    server.active.fetch_sub(1, Ordering::Relaxed);
+                    tried.push(server);
+                    continue;
+                }
+                let resp = finish(
+                    resp,
+                    sender,
+                    &server,
+                    sticky_name.as_deref(),
+                    sticky_target.as_deref(),
+                    client_upgrade,
+                );
+                return (resp, Some(server));
+            }
+            Err(e) => e,
+        };
+        server.active.fetch_sub(1, Ordering::Relaxed);
+        // A client body that broke or ran over the limit is the client's fault, whatever hyper called it.
+        if report.too_large.load(Ordering::Relaxed) {
+            fe.stats.denied.fetch_add(1, Ordering::Relaxed);
+            return (local(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", true), None);
+        }
+        if report.broken.load(Ordering::Relaxed) {
+            fe.stats.denied.fetch_add(1, Ordering::Relaxed);
+            return (local(StatusCode::BAD_REQUEST, "Bad request body\n", true), None);
+        }
+        tracing::debug!(server = %server.name, error = %failure, attempts, "upstream attempt failed");
+        let retry_on = |why: RetryOn, attempts: u32| {
+            can_retry && attempts < max_attempts && pool.cfg.retry_on.contains(&why)
+        };
+        match failure {
+            UpstreamError::Unsent(req, _) if resends < max_resends => {
+                resends += 1;
+                resend = Some(*req);
+                tried.push(server);
+                continue;
+            }
+            UpstreamError::Unsent(..) => {
+                return (local(StatusCode::BAD_GATEWAY, "Bad gateway\n", false), None);
+            }
+            UpstreamError::Connect(_) => {
+                attempts += 1;
+                if server.connect_failed(Instant::now(), &pool.cfg) {
+                    pool.changed();
+                }
+                last_failure =
+                    (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable: no server could be reached\n");
+                if !retry_on(RetryOn::ConnectFailure, attempts) {
+                    return (local(last_failure.0, last_failure.1, false), None);
+                }
+            }
+            UpstreamError::NoResponse(_) => {
+                attempts += 1;
+                server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
+                last_failure = (StatusCode::BAD_GATEWAY, "Bad gateway: the server closed the connection\n");
+                if !retry_on(RetryOn::EmptyResponse, attempts) {
+                    return (local(last_failure.0, last_failure.1, false), None);
+                }
+            }
+            UpstreamError::BadResponse(_) => {
+                server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
+                return (
+                    local(StatusCode::BAD_GATEWAY, "Bad gateway: invalid response from the server\n", false),
+                    None,
+                );
+            }
+            UpstreamError::Timeout => {
+                server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
+                return (local(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout\n", false), None);
+            }
+            UpstreamError::ClientBody(_) => {
+                return (local(StatusCode::BAD_REQUEST, "Bad request body\n", true), None);
+            }
+        }
+        server.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tried.push(server);
+    }
+}
+
+/// What is needed to (re)build the upstream request.
+#[derive(Debug, Clone, Default)]
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn into_request(self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method;
+        *r.uri_mut() = self.uri;
+        *r.headers_mut() = self.headers;
+        r
+    }
+}
+
+fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, tls: bool, port: u16) {
+    let ip = client.ip().to_string();
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    headers.insert(HeaderName::from_static("x-forwarded-port"), HeaderValue::from(port));
+}
+
+fn finish(
+    resp: Response<Incoming>,
+    sender: Option<hyper::client::conn::http1::SendRequest<ProxyBody>>,
+    server: &Arc<Server>,
+    sticky: Option<&str>,
+    sticky_was: Option<&str>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<RespBody> {
+    let mut resp = resp;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let server_upgrade = hyper::upgrade::on(&mut resp);
+        let name = server.name.clone();
+        tokio::spawn(async move {
+            match (client_upgrade.await, server_upgrade.await) {
+                (Ok(c), Ok(s)) => {
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut s = hyper_util::rt::TokioIo::new(s);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        tracing::debug!(server = %name, error = %e, "upgraded connection ended");
+                    }
+                }
+                (c, s) => {
+                    tracing::debug!(server = %name, client = c.is_ok(), backend = s.is_ok(), "upgrade failed")
+                }
+            }
+        });
+        let (parts, body) = resp.into_parts();
+        return Response::from_parts(
+            parts,
+            RespBody::Upstream(UpstreamBody::new(body, server.clone(), None)),
+        );
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(cookie) = sticky
+        && sticky_was != Some(&server.name)
+        && let Ok(v) = HeaderValue::from_str(&format!("{cookie}={}; Path=/", server.name))
+    {
+        parts.headers.append(header::SET_COOKIE, v);
+        parts.headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, server.clone(), sender)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_named_ones_too() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-app"));
+    }
+
+    #[test]
+    fn cookies_are_read_and_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; SERVERID=web-2; NODESESSID=xyz"));
+        assert_eq!(cookie_value(&h, "SERVERID"), Some("web-2"));
+        strip_cookie(&mut h, "SERVERID");
+        assert_eq!(h[header::COOKIE], "a=1; NODESESSID=xyz");
+        strip_cookie(&mut h, "a");
+        strip_cookie(&mut h, "NODESESSID");
+        assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        add_forwarded(&mut h, "10.0.0.9:5555".parse().unwrap(), true, 443);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-port"], "443");
+    }
+
+    #[test]
+    fn routes_match_host_and_prefix() {
+        let pool =
+            Arc::new(Pool::new(crate::config::PoolConfig::new("p", "backend", 80), Default::default()));
+        let r = |host: Option<&str>, prefix: Option<&str>| RouteRule {
+            host: host.map(str::to_string),
+            path_prefix: prefix.map(str::to_string),
+            pool: pool.clone(),
+        };
+        assert!(r(Some("api.example.com"), None).matches(Some("api.example.com"), "/"));
+        assert!(!r(Some("api.example.com"), None).matches(Some("www.example.com"), "/"));
+        assert!(r(Some("*.example.com"), None).matches(Some("a.example.com"), "/"));
+        assert!(!r(Some("*.example.com"), None).matches(Some("example.com"), "/"));
+        assert!(!r(Some("*.example.com"), None).matches(Some("badexample.com"), "/"));
+        assert!(r(None, Some("/static/")).matches(None, "/static/x.css"));
+        assert!(!r(None, Some("/static/")).matches(None, "/api"));
+    }
+}

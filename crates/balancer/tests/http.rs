@@ -1,0 +1,282 @@
+//! HTTP behaviour at the edge: hostile requests, headers, upgrades, HTTP/2, TLS, reloads, draining.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use shoal_balancer::config::TlsConfig;
+use shoal_balancer::{BalancerConfig, PoolConfig};
+use shoal_gossip::MemberStatus::Alive;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn echo_harness() -> Harness {
+    let mut p = PoolConfig::new("backend", "backend", 3000);
+    p.health.interval = Duration::from_millis(200);
+    let mut cfg =
+        BalancerConfig::simple(vec!["127.0.0.1:0".parse().unwrap()], p, Some("127.0.0.1:0".parse().unwrap()));
+    cfg.timeouts.request_headers = Duration::from_millis(500);
+    cfg.limits.max_body_bytes = 1000;
+    let h = Harness::with_config(cfg).await;
+    let (a, t) = echo_backend("echo").await;
+    std::mem::forget(t);
+    h.set(vec![member("echo", a, Alive, &[])]);
+    h.wait_serving(1).await;
+    h
+}
+
+fn status_line(resp: &str) -> &str {
+    resp.lines().next().unwrap_or("")
+}
+
+#[tokio::test]
+async fn smuggling_attempts_get_400_and_a_closed_connection() {
+    let h = echo_harness().await;
+    let wait = Duration::from_secs(3);
+    let cases: [&[u8]; 4] = [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4x\r\n\r\nabcd",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    ];
+    for raw in cases {
+        let started = Instant::now();
+        let resp = raw_exchange(h.front, raw, wait).await;
+        assert_eq!(
+            status_line(&resp),
+            "HTTP/1.1 400 Bad Request",
+            "for {:?}: {resp}",
+            String::from_utf8_lossy(raw)
+        );
+        assert!(started.elapsed() < wait, "the connection was closed, not left open");
+        assert!(!resp.contains("/smuggled"), "nothing after the bad request was processed");
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_get_408_oversized_headers_431_big_bodies_413() {
+    let h = echo_harness().await;
+    // A head that never completes.
+    let mut s = TcpStream::connect(h.front).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&out));
+    assert!(started.elapsed() >= Duration::from_millis(400));
+
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000));
+    let resp = raw_exchange(h.front, big.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 431 Request Header Fields Too Large");
+
+    let declared =
+        format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{}", "b".repeat(5000));
+    let resp = raw_exchange(h.front, declared.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 413 Payload Too Large");
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1388\r\n{}\r\n0\r\n\r\n",
+        "c".repeat(5000)
+    );
+    let resp = raw_exchange(h.front, chunked.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 413 Payload Too Large", "streamed bodies are counted too");
+}
+
+#[tokio::test]
+async fn a_garbage_answering_backend_gives_502_and_is_counted() {
+    let mut p = PoolConfig::new("backend", "backend", 3000);
+    p.health.enabled = false;
+    let h = Harness::new(p).await;
+    let (g, _t) = raw_backend(b"this is not HTTP at all\r\n\r\n").await;
+    h.set(vec![member("garbage", g, Alive, &[])]);
+    h.wait_serving(1).await;
+    let c = client();
+    assert_eq!(get(&c, &h.url("/"), &[]).await.0, 502);
+    let s = h.balancer.pools()["backend"].server("garbage").unwrap();
+    assert_eq!(s.stats.response_errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_added_and_hop_by_hop_ones_dropped() {
+    let h = echo_harness().await;
+    let c = client();
+    let (status, headers, body) = get(
+        &c,
+        &h.url("/echo?q=1"),
+        &[("connection", "x-private"), ("x-private", "secret"), ("x-forwarded-for", "203.0.113.9")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("path=/echo?q=1"), "{body}");
+    assert!(body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"), "{body}");
+    assert!(body.contains("x-forwarded-proto: http"), "{body}");
+    assert!(body.contains(&format!("x-forwarded-port: {}", h.front.port())), "{body}");
+    assert!(!body.contains("x-private"), "headers named by Connection are dropped: {body}");
+    assert!(headers.get("keep-alive").is_none(), "hop-by-hop response headers are dropped");
+    assert_eq!(headers["x-backend"], "echo");
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through() {
+    let h = echo_harness().await;
+    let mut s = TcpStream::connect(h.front).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    s.write_all(b"ping over the tunnel").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"ping over the tunnel");
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_with_prior_knowledge() {
+    let h = echo_harness().await;
+    let stream = TcpStream::connect(h.front).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{}/echo", h.front)).body(Full::new(Bytes::new())).unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains(&format!("host: {}", h.front)),
+            "the :authority became the Host header: {text}"
+        );
+    }
+}
+
+fn self_signed(dir: &std::path::Path) -> (TlsConfig, rustls::pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    (TlsConfig { cert: dir.join("cert.pem"), key: dir.join("key.pem") }, cert.der().clone())
+}
+
+#[tokio::test]
+async fn tls_termination_serves_http1_and_http2() {
+    let dir = std::env::temp_dir().join(format!("shoal-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tls, der) = self_signed(&dir);
+    let mut p = PoolConfig::new("backend", "backend", 3000);
+    p.health.interval = Duration::from_millis(200);
+    let mut cfg = BalancerConfig::simple(vec!["127.0.0.1:0".parse().unwrap()], p, None);
+    cfg.frontends[0].tls = Some(tls);
+    let h = Harness::with_config(cfg).await;
+    let (a, _t) = echo_backend("echo").await;
+    h.set(vec![member("echo", a, Alive, &[])]);
+    h.wait_serving(1).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    for alpn in [b"http/1.1".to_vec(), b"h2".to_vec()] {
+        let mut cc =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+        cc.alpn_protocols = vec![alpn.clone()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
+        let tcp = TcpStream::connect(h.front).await.unwrap();
+        let tls = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+        let io = TokioIo::new(tls);
+        let req = Request::get("https://localhost/echo")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = if alpn == b"h2" {
+            let (mut s, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(conn);
+            s.send_request(req).await.unwrap()
+        } else {
+            let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            s.send_request(req).await.unwrap()
+        };
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("x-forwarded-proto: https"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn reload_applies_new_routes_keeps_connections_and_refuses_bad_configs() {
+    let h = echo_harness().await;
+    let (api, _t) = echo_backend("api").await;
+    // The same configured address as at start (port 0): the listener is kept.
+    let mut cur = BalancerConfig::simple(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        PoolConfig::new("backend", "backend", 3000),
+        None,
+    );
+    cur.pools[0].health.interval = Duration::from_millis(200);
+    cur.limits.max_body_bytes = 1000;
+    // An open keep-alive connection before the reload.
+    let stream = TcpStream::connect(h.front).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = |p: &str| Request::get(p).header("host", "x").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(sender.send_request(req("/echo")).await.unwrap().status(), 200);
+
+    let mut bad = cur.clone();
+    bad.frontends[0].default_pool = "missing".into();
+    assert!(h.balancer.reload(bad).await.is_err(), "a bad configuration is refused");
+
+    let mut next = cur.clone();
+    let mut api_pool = PoolConfig::new("api", "api", 3000);
+    api_pool.health.interval = Duration::from_millis(200);
+    next.pools.push(api_pool);
+    next.frontends[0].routes.push(shoal_balancer::config::Route {
+        host: None,
+        path_prefix: Some("/api/".into()),
+        pool: "api".into(),
+    });
+    h.balancer.reload(next).await.unwrap();
+    h.set(vec![
+        member("echo", h.balancer.pools()["backend"].servers()[0].addr, Alive, &[]),
+        member("api", api, Alive, &[("role", "api")]),
+    ]);
+    let start = Instant::now();
+    while h.balancer.pools()["api"].view().servers.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The same connection sees the new routes.
+    let resp = sender.send_request(req("/api/users")).await.unwrap();
+    assert_eq!(resp.headers()["x-backend"], "api");
+    let resp = sender.send_request(req("/echo")).await.unwrap();
+    assert_eq!(resp.headers()["x-backend"], "echo");
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let h = echo_harness().await;
+    let c = client();
+    let slow = tokio::spawn({
+        let (c, url) = (c.clone(), h.url("/slow/500"));
+        async move { get(&c, &url, &[]).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = h.balancer.clone();
+    let started = Instant::now();
+    b.shutdown().await;
+    assert_eq!(slow.await.unwrap(), 200, "the in-flight request completed");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(TcpStream::connect(h.front).await.is_err(), "no longer accepting");
+}

@@ -1,0 +1,259 @@
+//! The reference stack's demo web app, with the same HTTP contract as the
+//! Node/Express original:
+//!
+//! * `GET` / `HEAD /`: counts views per session (cookie `NODESESSID`, set on the
+//!   first visit) and answers 200 with `X-Backend-Ip: <ip>` and
+//!   `{"hello":"world!","ip":…,"host":…,"tag":…,"sessionViews":n,"id":…}`
+//!   (`tag` only when `TAG`/`SERVER_TAG` is set);
+//! * `POST /delay` with `{"delay": N}`: later requests sleep N ms first; answers
+//!   `{"message":"New timeout of Nms configured."}`, or 500 if `delay` is missing;
+//! * anything else: 404.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rand::TryRngCore;
+use tokio::net::TcpListener;
+
+/// The session cookie's name (express-session's, as the reference app configured it).
+pub const SESSION_COOKIE: &str = "NODESESSID";
+/// Sessions kept before the least recently used are forgotten.
+const MAX_SESSIONS: usize = 100_000;
+
+/// Who this server says it is.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// `SERVER_IP` (default: the address it listens on, or the first private IPv4).
+    pub ip: String,
+    /// `SERVER_NAME` (default: the host name).
+    pub name: String,
+    /// `TAG` or `SERVER_TAG`, if any.
+    pub tag: Option<String>,
+}
+
+/// The app's state: sessions and the configured delay.
+pub struct App {
+    cfg: AppConfig,
+    sessions: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
+    delay_ms: AtomicU64,
+}
+
+impl App {
+    /// A fresh app.
+    pub fn new(cfg: AppConfig) -> Arc<App> {
+        Arc::new(App { cfg, sessions: std::sync::Mutex::new(HashMap::new()), delay_ms: AtomicU64::new(0) })
+    }
+
+    fn session(&self, req: &Request<Incoming>) -> (String, u64, bool) {
+        let existing = req
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == SESSION_COOKIE)
+            .map(|(_, v)| v.to_string());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = existing
+            && let Some((views, seen)) = sessions.get_mut(&id)
+        {
+            *views += 1;
+            *seen = Instant::now();
+            return (id, *views, false);
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            let mut by_age: Vec<Instant> = sessions.values().map(|(_, t)| *t).collect();
+            by_age.sort_unstable();
+            let cutoff = by_age[by_age.len() / 2];
+            sessions.retain(|_, (_, t)| *t > cutoff);
+        }
+        let mut raw = [0u8; 16];
+        rand::rngs::OsRng.try_fill_bytes(&mut raw).ok();
+        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        sessions.insert(id.clone(), (1, Instant::now()));
+        (id, 1, true)
+    }
+
+    /// Handles one request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        Ok(match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/") => self.hello(&req),
+            (&Method::POST, "/delay") => self.set_delay(req).await,
+            _ => text(StatusCode::NOT_FOUND, "Not Found"),
+        })
+    }
+
+    fn hello(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let (id, views, fresh) = self.session(req);
+        let mut body = format!(
+            "{{\"hello\":\"world!\",\"ip\":{},\"host\":{}",
+            json_str(&self.cfg.ip),
+            json_str(&self.cfg.name)
+        );
+        if let Some(tag) = &self.cfg.tag {
+            body.push_str(&format!(",\"tag\":{}", json_str(tag)));
+        }
+        body.push_str(&format!(",\"sessionViews\":{views},\"id\":{}}}", json_str(&id)));
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        if let Ok(ip) = HeaderValue::from_str(&self.cfg.ip) {
+            h.insert("x-backend-ip", ip);
+        }
+        if fresh && let Ok(c) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly")) {
+            h.insert(SET_COOKIE, c);
+        }
+        resp
+    }
+
+    async fn set_delay(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return json(StatusCode::PAYLOAD_TOO_LARGE, "{\"message\":\"Body too large.\"}"),
+        };
+        let delay = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("delay").and_then(serde_json::Value::as_u64));
+        match delay {
+            Some(ms) => {
+                self.delay_ms.store(ms, Ordering::Relaxed);
+                tracing::info!(delay_ms = ms, "delay configured");
+                json(StatusCode::OK, &format!("{{\"message\":\"New timeout of {ms}ms configured.\"}}"))
+            }
+            None => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{\"message\":\"Send a JSON body with a numeric `delay` in milliseconds.\"}",
+            ),
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn json(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Serves the app on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| app.clone().handle(req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Binds `addr` and serves in the background; returns the bound address.
+pub async fn start(
+    addr: SocketAddr,
+    app: Arc<App>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok((bound, tokio::spawn(serve(listener, app))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    async fn get(
+        client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+        url: &str,
+        cookie: Option<&str>,
+    ) -> (StatusCode, hyper::HeaderMap, String) {
+        let mut req = Request::get(url);
+        if let Some(c) = cookie {
+            req = req.header(COOKIE, c);
+        }
+        let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_reference_contract() {
+        let cfg = AppConfig { ip: "10.0.0.7".into(), name: "s1".into(), tag: Some("blue".into()) };
+        let (addr, _task) = start("127.0.0.1:0".parse().unwrap(), App::new(cfg)).await.unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let base = format!("http://{addr}");
+
+        let (status, headers, body) = get(&client, &format!("{base}/"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-backend-ip"], "10.0.0.7");
+        let cookie = headers[SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+        assert!(cookie.starts_with("NODESESSID="));
+        assert!(body.starts_with("{\"hello\":\"world!\",\"ip\":\"10.0.0.7\",\"host\":\"s1\",\"tag\":\"blue\",\"sessionViews\":1,\"id\":\""), "{body}");
+        let (_, headers, body) = get(&client, &format!("{base}/"), Some(&cookie)).await;
+        assert!(body.contains("\"sessionViews\":2"), "{body}");
+        assert!(headers.get(SET_COOKIE).is_none(), "the cookie is set once");
+        let (_, _, body) = get(&client, &format!("{base}/"), None).await;
+        assert!(body.contains("\"sessionViews\":1"));
+
+        assert_eq!(get(&client, &format!("{base}/nope"), None).await.0, StatusCode::NOT_FOUND);
+
+        let post = |b: &'static str| {
+            Request::post(format!("{base}/delay")).body(Full::new(Bytes::from_static(b.as_bytes()))).unwrap()
+        };
+        let bad = client.request(post("{\"nodelay\":1}")).await.unwrap();
+        assert_eq!(bad.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let ok = client.request(post("{\"delay\":150}")).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let body = ok.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{\"message\":\"New timeout of 150ms configured.\"}");
+        let started = Instant::now();
+        get(&client, &format!("{base}/"), None).await;
+        assert!(started.elapsed() >= Duration::from_millis(150), "later requests wait");
+    }
+}
