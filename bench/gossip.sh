@@ -6,8 +6,5 @@
 #   bench/gossip.sh                 # 10 agents, 5 joins and 5 kills per implementation
 #   bench/gossip.sh --nodes 30 --rounds 10
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/install-test-deps.sh >/dev/null
-SHOAL=$(scripts/build-static.sh)
-cargo build --release --quiet -p shoal-bench
-exec target/release/shoal-bench gossip --shoal "$SHOAL" "$@"
+source "$(dirname "$0")/lib.sh"
+run_with_shoal scripts/install-test-deps.sh gossip "$@"

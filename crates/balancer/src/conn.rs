@@ -166,11 +166,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                     None if served == 0 => this.idle_since + this.timeouts.request_headers,
                     None => this.idle_since + this.timeouts.keepalive,
                 };
-                if this.sleep.deadline() != deadline {
+                // Lazy timer: deadlines only move later, so the timer is re-armed when it fires
+                // early instead of on every request (no timer-wheel work per request).
+                if this.sleep.deadline() > deadline {
                     this.sleep.as_mut().reset(deadline);
                 }
                 if this.sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
+                }
+                if Instant::now() < deadline {
+                    this.sleep.as_mut().reset(deadline);
+                    if this.sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
                 this.state.timed_out.store(true, Ordering::Relaxed);
                 if this.head_started.is_some() {

@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 pub use config::{Algorithm, BalancerConfig, ConfigError, PoolConfig};
 pub use health::check_once;
 
-use crate::conn::{ConnState, GuardedIo, IoTimeouts};
+use crate::conn::{GuardedIo, IoTimeouts};
 use crate::pool::{Change, Pool};
 use crate::proxy::{ConnCtx, Frontend, FrontendStats, RouteRule};
 
@@ -427,12 +427,7 @@ impl Balancer {
                 },
                 _ = stop.changed() => return,
             };
-            let ctx = ConnCtx {
-                frontend: frontend.clone(),
-                client: peer,
-                local_port,
-                state: Arc::new(ConnState::default()),
-            };
+            let ctx = ConnCtx::new(frontend.clone(), peer, local_port);
             let inner = self.inner.clone();
             let tls = tls.clone();
             inner.open_conns.fetch_add(1, Ordering::Relaxed);
@@ -482,7 +477,8 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = ctx.client;
-    let svc = service_fn(move |req| proxy::handle(req, ctx.clone()));
+    // Boxed: an idle keep-alive connection then holds a pointer, not a whole request's state.
+    let svc = service_fn(move |req| Box::pin(proxy::handle(req, ctx.clone())));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).max_buf_size(max_header).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);

@@ -111,6 +111,25 @@ pub struct ConnCtx {
     pub local_port: u16,
     /// Shared with the guarded socket.
     pub state: Arc<ConnState>,
+    /// The client's IP as a header value (made once per connection).
+    pub client_ip: HeaderValue,
+    /// The listener's port as a header value.
+    pub port_value: HeaderValue,
+}
+
+impl ConnCtx {
+    /// Context for a new connection.
+    pub fn new(frontend: Arc<arc_swap::ArcSwap<Frontend>>, client: SocketAddr, local_port: u16) -> ConnCtx {
+        ConnCtx {
+            frontend,
+            client,
+            local_port,
+            state: Arc::new(ConnState::default()),
+            client_ip: HeaderValue::from_str(&client.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            port_value: HeaderValue::from(local_port),
+        }
+    }
 }
 
 /// Response bodies we hand to hyper: from a server, or made here.
@@ -201,34 +220,39 @@ fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
 
 /// Drops hop-by-hop headers (and those the Connection header names); keeps Upgrade when asked.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names: most messages carry none of these.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) && !(keep_upgrade && (*name == header::UPGRADE || *name == header::CONNECTION))
+        {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
         .collect();
-    for n in named {
-        if !(keep_upgrade && n == header::UPGRADE) {
-            headers.remove(n);
-        }
-    }
-    for h in &HOP_BY_HOP {
-        if !(keep_upgrade && (h == header::UPGRADE || h == header::CONNECTION)) {
-            headers.remove(h);
-        }
+    for n in doomed.iter().chain(&named) {
+        headers.remove(n);
     }
 }
 
@@ -322,7 +346,7 @@ async fn forward(
     if upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    add_forwarded(&mut parts.headers, ctx.client, fe.tls, ctx.local_port);
+    add_forwarded(&mut parts.headers, &ctx.client_ip, fe.tls, &ctx.port_value);
     let sticky_name = pool.cfg.sticky_cookie.clone();
     let sticky_target =
         sticky_name.as_deref().and_then(|c| cookie_value(&parts.headers, c)).map(str::to_string);
@@ -332,7 +356,9 @@ async fn forward(
     let mut scratch = Vec::new();
     let key: Option<Vec<u8>> =
         hash_key(&pool.cfg.algorithm, ctx.client.ip(), &parts, &mut scratch).map(<[u8]>::to_vec);
-    if let Some(pq) = parts.uri.path_and_query()
+    // Origin form upstream; HTTP/1 clients usually sent it already (no re-parse then).
+    if parts.uri.authority().is_some()
+        && let Some(pq) = parts.uri.path_and_query()
         && let Ok(uri) = pq.as_str().parse()
     {
         parts.uri = uri;
@@ -356,7 +382,9 @@ async fn forward(
     } else {
         stream = Some(body);
     }
-    let can_retry = retry_allowed && buffered.is_some();
+    let view = pool.view();
+    // Another attempt needs another server (a re-send of a request that never left needs no copy).
+    let can_retry = retry_allowed && buffered.is_some() && view.servers.len() > 1;
     // Retries elsewhere, plus a couple of re-sends of requests that provably never left.
     let max_attempts = if can_retry { pool.cfg.retries + 1 } else { 1 };
     let max_resends = 2;
@@ -364,7 +392,6 @@ async fn forward(
     let mut head = Some(head);
     let timeouts = &fe.timeouts;
 
-    let view = pool.view();
     let mut tried: Vec<Arc<Server>> = Vec::new();
     let sticky_server = sticky_target
         .as_deref()
@@ -414,7 +441,7 @@ async fn forward(
         }
         let result = exchange(&server, req, timeouts.connect, timeouts.server).await;
         let failure = match result {
-            Ok((resp, sender)) => {
+            Ok((resp, conn)) => {
                 attempts += 1;
                 let status = resp.status();
                 if server.responded(Instant::now(), status.as_u16(), &pool.cfg) {
@@ -433,7 +460,7 @@ async fn forward(
                 }
                 let resp = finish(
                     resp,
-                    sender,
+                    conn,
                     &server,
                     sticky_name.as_deref(),
                     sticky_target.as_deref(),
@@ -524,26 +551,26 @@ impl Head {
     }
 }
 
-fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, tls: bool, port: u16) {
-    let ip = client.ip().to_string();
+fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, tls: bool, port: &HeaderValue) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(xff, v);
-    }
+    let appended = headers.get(&xff).and_then(|prev| {
+        let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+        v.extend_from_slice(prev.as_bytes());
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&v).ok()
+    });
+    headers.insert(xff, appended.unwrap_or_else(|| client_ip.clone()));
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    headers.insert(HeaderName::from_static("x-forwarded-port"), HeaderValue::from(port));
+    headers.insert(HeaderName::from_static("x-forwarded-port"), port.clone());
 }
 
 fn finish(
     resp: Response<Incoming>,
-    sender: Option<hyper::client::conn::http1::SendRequest<ProxyBody>>,
+    conn: crate::upstream::Upstream,
     server: &Arc<Server>,
     sticky: Option<&str>,
     sticky_was: Option<&str>,
@@ -584,7 +611,7 @@ fn finish(
         parts.headers.append(header::SET_COOKIE, v);
         parts.headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     }
-    Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, server.clone(), sender)))
+    Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, server.clone(), Some(conn))))
 }
 
 #[cfg(test)]
@@ -620,7 +647,7 @@ mod tests {
     fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        add_forwarded(&mut h, "10.0.0.9:5555".parse().unwrap(), true, 443);
+        add_forwarded(&mut h, &HeaderValue::from_static("10.0.0.9"), true, &HeaderValue::from(443u16));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-port"], "443");

@@ -19,6 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use tokio::net::TcpStream;
 
 use crate::pool::Server;
@@ -67,11 +68,46 @@ impl Body for ProxyBody {
 }
 
 type Sender = SendRequest<ProxyBody>;
+/// The connection's I/O future (hyper's type for it, with upgrade support, cannot be named).
+type Driver = dyn Future<Output = hyper::Result<()>> + Send;
+
+/// One connection to a server: the handle to send on, and the I/O driver.
+///
+/// The driver is polled by whoever uses the connection (the request, then its
+/// response body), not by a task of its own: no cross-task wake-up per request.
+/// An idle connection in the pool is not polled at all.
+pub struct Upstream {
+    sender: Sender,
+    driver: Pin<Box<Driver>>,
+    closed: bool,
+    /// Server timeout, re-armed lazily (deadlines only move later).
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Upstream {
+    /// Drives the connection's I/O; returns whether it is still open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+        }
+        !self.closed
+    }
+
+    /// Hands the connection to a task of its own (after an upgrade, which needs the driver to finish).
+    fn detach(self) {
+        let driver = self.driver;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::trace!(error = %e, "upstream connection ended");
+            }
+        });
+    }
+}
 
 /// Idle keep-alive connections to one server.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: std::sync::Mutex<Vec<(Sender, Instant)>>,
+    idle: std::sync::Mutex<Vec<(Upstream, Instant)>>,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -82,18 +118,18 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    fn take(&self) -> Option<Sender> {
+    fn take(&self) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((s, since)) = idle.pop() {
-            if !s.is_closed() && s.is_ready() && since.elapsed() < MAX_IDLE_AGE {
+            if !s.closed && since.elapsed() < MAX_IDLE_AGE {
                 return Some(s);
             }
         }
         None
     }
 
-    fn put(&self, s: Sender) {
-        if s.is_closed() {
+    fn put(&self, s: Upstream) {
+        if s.closed || s.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -138,7 +174,7 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, std::io::Error> {
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, std::io::Error> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
@@ -147,12 +183,21 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, std::io:
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::trace!(%addr, error = %e, "upstream connection ended");
+    let timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
+    Ok(Upstream { sender, driver: Box::pin(conn.with_upgrades()), closed: false, timer })
+}
+
+/// Waits until the connection can take a request, driving it meanwhile.
+async fn ready(up: &mut Upstream) -> bool {
+    std::future::poll_fn(|cx| {
+        let open = up.drive(cx);
+        match up.sender.poll_ready(cx) {
+            Poll::Ready(r) => Poll::Ready(r.is_ok() && open),
+            Poll::Pending if !open => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
         }
-    });
-    Ok(sender)
+    })
+    .await
 }
 
 /// Sends `req` to `server` and waits for the response head (bounded by `server_timeout`).
@@ -161,16 +206,43 @@ pub async fn exchange(
     req: Request<ProxyBody>,
     connect_timeout: Duration,
     server_timeout: Duration,
-) -> Result<(Response<Incoming>, Option<Sender>), UpstreamError> {
-    let mut sender = match server.conns.take() {
-        Some(s) => s,
+) -> Result<(Response<Incoming>, Upstream), UpstreamError> {
+    let pooled = match server.conns.take() {
+        Some(mut up) => ready(&mut up).await.then_some(up),
+        None => None,
+    };
+    let mut up = match pooled {
+        Some(up) => up,
         None => connect(server.addr, connect_timeout).await.map_err(UpstreamError::Connect)?,
     };
-    let sent = tokio::time::timeout(server_timeout, sender.try_send_request(req)).await;
+    let deadline = tokio::time::Instant::now() + server_timeout;
+    let mut response = std::pin::pin!(up.sender.try_send_request(req));
+    let (driver, closed, timer) = (&mut up.driver, &mut up.closed, &mut up.timer);
+    let sent = std::future::poll_fn(|cx| {
+        // Drive the connection first: it writes the request and reads the answer.
+        if !*closed && driver.as_mut().poll(cx).is_ready() {
+            *closed = true;
+        }
+        if let Poll::Ready(r) = response.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        // Lazy timer: re-armed only when it fires before this request's deadline.
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
     match sent {
-        Err(_) => Err(UpstreamError::Timeout),
-        Ok(Ok(resp)) => Ok((resp, Some(sender))),
-        Ok(Err(mut e)) => {
+        None => Err(UpstreamError::Timeout),
+        Some(Ok(resp)) => Ok((resp, up)),
+        Some(Err(mut e)) => {
             let msg = e.take_message();
             let err = e.into_error();
             if let Some(req) = msg {
@@ -187,19 +259,27 @@ pub async fn exchange(
     }
 }
 
-/// The response body streamed back to the client: counts bytes, and returns the
-/// connection to the pool once the body has been read to its end.
+/// The response body streamed back to the client: drives its connection,
+/// counts bytes, and returns the connection to the pool once the body has been
+/// read to its end.
 pub struct UpstreamBody {
     inner: Incoming,
     server: Arc<Server>,
-    sender: Option<Sender>,
+    conn: Option<Upstream>,
     done: bool,
 }
 
 impl UpstreamBody {
-    /// Wraps a response body from `server`.
-    pub fn new(inner: Incoming, server: Arc<Server>, sender: Option<Sender>) -> UpstreamBody {
-        UpstreamBody { inner, server, sender, done: false }
+    /// Wraps a response body from `server` arriving on `conn`.
+    pub fn new(inner: Incoming, server: Arc<Server>, conn: Option<Upstream>) -> UpstreamBody {
+        UpstreamBody { inner, server, conn, done: false }
+    }
+
+    /// For an upgrade: the connection goes to a task of its own, which completes the upgrade.
+    pub fn detach(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.detach();
+        }
     }
 }
 
@@ -212,6 +292,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(c) = this.conn.as_mut() {
+            c.drive(cx);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -221,13 +304,13 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 this.done = true;
-                if let Some(s) = this.sender.take() {
-                    this.server.conns.put(s);
+                if let Some(c) = this.conn.take() {
+                    this.server.conns.put(c);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 this.server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                this.sender = None;
+                this.conn = None;
             }
             Poll::Pending => {}
         }
@@ -248,9 +331,9 @@ impl Drop for UpstreamBody {
         // An empty body (HEAD, 204, 304) may never be polled: it is complete all the same.
         if !self.done
             && self.inner.is_end_stream()
-            && let Some(s) = self.sender.take()
+            && let Some(c) = self.conn.take()
         {
-            self.server.conns.put(s);
+            self.server.conns.put(c);
         }
     }
 }

@@ -9,6 +9,7 @@
 //! Run through the scripts in `bench/`, which build in release mode first.
 
 mod gossip;
+mod proxy;
 mod scale;
 mod stats;
 
@@ -27,6 +28,8 @@ enum Command {
     Gossip(gossip::Args),
     /// Simulated clusters: convergence time and traffic per member.
     Scale(scale::Args),
+    /// HTTP proxies: throughput, latency and memory — Shoal vs HAProxy vs nginx.
+    Proxy(proxy::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(gossip::run(a))
         }
         Command::Scale(a) => scale::run(a),
+        Command::Proxy(a) => proxy::run(a),
     }
 }
