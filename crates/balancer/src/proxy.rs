@@ -398,14 +398,15 @@ async fn forward(
         .and_then(|n| view.by_name(n))
         .filter(|s| !s.is_ejected(Instant::now()))
         .cloned();
-    let mut resend: Option<Request<ProxyBody>> = None;
+    // A request that never left the balancer, to send again as it is.
+    let mut carried: Option<Carried> = None;
     let (mut attempts, mut resends) = (0u32, 0u32);
     let mut last_failure = (StatusCode::SERVICE_UNAVAILABLE, "No server available\n");
     loop {
         let now = Instant::now();
-        let chosen = match (&resend, tried.last()) {
-            // A request that never left goes to the same server, on a fresh connection.
-            (Some(_), Some(last)) => Some(last.clone()),
+        let chosen = match (&carried, tried.last()) {
+            // Unsent on a pooled connection that had just died: same server, fresh connection.
+            (Some(Carried::SameServer(_)), Some(last)) => Some(last.clone()),
             _ if attempts == 0 && sticky_server.is_some() => sticky_server.clone(),
             _ => view.pick(&pool.cfg.algorithm, key.as_deref(), &tried, now),
         };
@@ -419,8 +420,8 @@ async fn forward(
         let active = server.active.fetch_add(1, Ordering::Relaxed) + 1;
         server.stats.max_active.fetch_max(active, Ordering::Relaxed);
         server.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let req = match resend.take() {
-            Some(r) => r,
+        let req = match carried.take() {
+            Some(Carried::SameServer(r) | Carried::Elsewhere(r)) => r,
             None => {
                 let body = match (&buffered, stream.take()) {
                     (Some(b), _) => ProxyBody::Buffered(Full::new(b.clone())),
@@ -487,23 +488,28 @@ async fn forward(
         match failure {
             UpstreamError::Unsent(req, _) if resends < max_resends => {
                 resends += 1;
-                resend = Some(*req);
+                carried = Some(Carried::SameServer(*req));
                 tried.push(server);
                 continue;
             }
             UpstreamError::Unsent(..) => {
                 return (local(StatusCode::BAD_GATEWAY, "Bad gateway\n", false), None);
             }
-            UpstreamError::Connect(_) => {
+            UpstreamError::Connect(req, _) => {
                 attempts += 1;
                 if server.connect_failed(Instant::now(), &pool.cfg) {
                     pool.changed();
                 }
                 last_failure =
                     (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable: no server could be reached\n");
-                if !retry_on(RetryOn::ConnectFailure, attempts) {
+                // Nothing reached the server, so any method (body unread) may go elsewhere.
+                let may_reroute = pool.cfg.retries > 0
+                    && attempts <= pool.cfg.retries
+                    && pool.cfg.retry_on.contains(&RetryOn::ConnectFailure);
+                if !may_reroute {
                     return (local(last_failure.0, last_failure.1, false), None);
                 }
+                carried = Some(Carried::Elsewhere(*req));
             }
             UpstreamError::NoResponse(_) => {
                 attempts += 1;
@@ -531,6 +537,12 @@ async fn forward(
         server.stats.retries.fetch_add(1, Ordering::Relaxed);
         tried.push(server);
     }
+}
+
+/// A request that never reached a server, and where to send it next.
+enum Carried {
+    SameServer(Request<ProxyBody>),
+    Elsewhere(Request<ProxyBody>),
 }
 
 /// What is needed to (re)build the upstream request.

@@ -147,8 +147,8 @@ impl ConnPool {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub enum UpstreamError {
-    /// No connection could be made.
-    Connect(std::io::Error),
+    /// No connection could be made; the request, untouched, comes back to go elsewhere.
+    Connect(Box<Request<ProxyBody>>, std::io::Error),
     /// The request was never sent; here it is back, to try elsewhere.
     Unsent(Box<Request<ProxyBody>>, hyper::Error),
     /// The connection died before any response byte.
@@ -164,7 +164,7 @@ pub enum UpstreamError {
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UpstreamError::Connect(e) => write!(f, "connect: {e}"),
+            UpstreamError::Connect(_, e) => write!(f, "connect: {e}"),
             UpstreamError::Unsent(_, e) => write!(f, "not sent: {e}"),
             UpstreamError::NoResponse(e) => write!(f, "connection closed before the response: {e}"),
             UpstreamError::BadResponse(e) => write!(f, "invalid response: {e}"),
@@ -213,7 +213,10 @@ pub async fn exchange(
     };
     let mut up = match pooled {
         Some(up) => up,
-        None => connect(server.addr, connect_timeout).await.map_err(UpstreamError::Connect)?,
+        None => match connect(server.addr, connect_timeout).await {
+            Ok(up) => up,
+            Err(e) => return Err(UpstreamError::Connect(Box::new(req), e)),
+        },
     };
     let deadline = tokio::time::Instant::now() + server_timeout;
     let mut response = std::pin::pin!(up.sender.try_send_request(req));

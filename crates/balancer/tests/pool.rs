@@ -122,7 +122,7 @@ async fn killing_a_backend_under_load_fails_no_get() {
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    apps[1].kill(); // the app dies with its connections; its membership still says alive
+    apps[1].abort(); // the app dies with its connections; its membership still says alive
     tokio::time::sleep(Duration::from_millis(400)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = load.await.unwrap();
@@ -141,6 +141,27 @@ async fn killing_a_backend_under_load_fails_no_get() {
     );
     assert!(st.connect_errors.load(Relaxed) >= 1);
     assert!(!h.serving().contains(&"web-2".to_string()), "passive detection ejected it");
+}
+
+#[tokio::test]
+async fn a_refused_connection_sends_any_method_elsewhere() {
+    let mut p = pool();
+    p.health.enabled = false;
+    let h = Harness::new(p).await;
+    let (live, _t) = webapp("web-1").await;
+    h.set(vec![member("web-1", live, Alive, &[]), member("web-dead", dead_addr().await, Alive, &[])]);
+    h.wait_serving(2).await;
+    let c = client();
+    for _ in 0..4 {
+        let req = hyper::Request::post(h.url("/delay"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"delay":0}"#)))
+            .unwrap();
+        let resp = c.request(req).await.expect("response");
+        assert_eq!(resp.status(), 200, "the POST never reached the dead server, so it went to web-1");
+    }
+    let dead = h.balancer.pools()["backend"].server("web-dead").unwrap();
+    assert!(dead.stats.connect_errors.load(std::sync::atomic::Ordering::Relaxed) >= 1, "it was tried");
 }
 
 #[tokio::test]

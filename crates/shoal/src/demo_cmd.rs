@@ -17,7 +17,7 @@ use crate::cli::DemoArgs;
 struct Backend {
     name: String,
     agent: Agent,
-    app: tokio::task::JoinHandle<()>,
+    app: shoal_webapp::Running,
 }
 
 fn agent_config(name: &str, role: &str, join: Option<SocketAddr>, extra: Tags) -> AgentConfig {
@@ -38,7 +38,8 @@ fn agent_config(name: &str, role: &str, join: Option<SocketAddr>, extra: Tags) -
 async fn start_backend(i: usize, seed: SocketAddr) -> anyhow::Result<Backend> {
     let name = format!("web-{i}");
     let app_cfg = AppConfig { ip: "127.0.0.1".into(), name: name.clone(), tag: Some(format!("demo-{i}")) };
-    let (addr, app) = shoal_webapp::start("127.0.0.1:0".parse()?, App::new(app_cfg)).await?;
+    let app = shoal_webapp::start("127.0.0.1:0".parse()?, App::new(app_cfg)).await?;
+    let addr = app.addr;
     let tags = Tags::from([("port".to_string(), addr.port().to_string())]);
     let agent = Agent::start(agent_config(&name, "backend", Some(seed), tags)).await?;
     println!("  + {name}: app on http://{addr}/, agent on {}", agent.local_addr());
@@ -89,8 +90,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 Some(b) => {
                     println!("  - {}: leaving gracefully", b.name);
                     b.agent.leave_and_shutdown().await;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    b.app.abort();
+                    b.app.shutdown(Duration::from_secs(5)).await;
                 }
                 None => println!("  no backend to remove"),
             },
@@ -117,7 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("stopping…");
     for b in backends {
         b.agent.leave_and_shutdown().await;
-        b.app.abort();
+        b.app.shutdown(Duration::from_secs(5)).await;
     }
     balancer.shutdown().await;
     lb_agent.leave_and_shutdown().await;

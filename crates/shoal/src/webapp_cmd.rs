@@ -1,6 +1,7 @@
 //! `shoal webapp`: the reference stack's demo app.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use shoal_webapp::{App, AppConfig};
@@ -21,18 +22,22 @@ pub fn app_config(args: &WebappArgs) -> AppConfig {
     AppConfig { ip, name, tag }
 }
 
-/// Serves until SIGTERM/SIGINT.
+/// How long in-flight requests may take to finish once a stop is asked.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves until SIGTERM/SIGINT, then stops gracefully.
 pub async fn run(args: WebappArgs) -> anyhow::Result<()> {
     let cfg = app_config(&args);
-    let (addr, task) = shoal_webapp::start(args.listen, App::new(cfg.clone()))
+    let app = shoal_webapp::start(args.listen, App::new(cfg.clone()))
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(%addr, name = %cfg.name, ip = %cfg.ip, "web app serving");
+    tracing::info!(addr = %app.addr, name = %cfg.name, ip = %cfg.ip, "web app serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    task.abort();
+    tracing::info!(grace = ?SHUTDOWN_GRACE, "stopping: finishing in-flight requests");
+    app.shutdown(SHUTDOWN_GRACE).await;
     Ok(())
 }

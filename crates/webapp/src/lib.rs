@@ -23,8 +23,11 @@ use hyper::header::{CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use rand::TryRngCore;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
 /// The session cookie's name (express-session's, as the reference app configured it).
 pub const SESSION_COOKIE: &str = "NODESESSID";
@@ -165,40 +168,86 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// Serves the app on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, app: Arc<App>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+/// Serves the app on `listener` until `stop` yields a grace period: then it stops
+/// accepting, lets in-flight requests finish within the grace period and closes
+/// idle connections. Dropping the future drops every connection at once.
+pub async fn serve(listener: TcpListener, app: Arc<App>, stop: oneshot::Receiver<Duration>) {
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    let mut stop = std::pin::pin!(stop);
+    let grace = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let svc = service_fn(move |req| app.clone().handle(req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                conns.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| app.clone().handle(req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            grace = &mut stop => break grace.unwrap_or_default(),
+        }
+    };
+    drop(listener);
+    let open = conns.len();
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(open, ?grace, "grace period over: closing the connections still busy");
     }
 }
 
-/// Binds `addr` and serves in the background; returns the bound address.
-pub async fn start(
-    addr: SocketAddr,
-    app: Arc<App>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// A web app serving in the background. Dropping it drops every connection, like
+/// a killed process; [`Running::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, waits up to `grace` for in-flight requests, closes the rest.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Stops at once, dropping every connection (what `kill -9` does to a process).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `addr` and serves in the background.
+pub async fn start(addr: SocketAddr, app: Arc<App>) -> std::io::Result<Running> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    Ok((bound, tokio::spawn(serve(listener, app))))
+    let (stop, stopped) = oneshot::channel();
+    Ok(Running { addr: bound, stop: Some(stop), task: tokio::spawn(serve(listener, app, stopped)) })
 }
 
 #[cfg(test)]
@@ -225,7 +274,8 @@ mod tests {
     #[tokio::test]
     async fn the_reference_contract() {
         let cfg = AppConfig { ip: "10.0.0.7".into(), name: "s1".into(), tag: Some("blue".into()) };
-        let (addr, _task) = start("127.0.0.1:0".parse().unwrap(), App::new(cfg)).await.unwrap();
+        let app = start("127.0.0.1:0".parse().unwrap(), App::new(cfg)).await.unwrap();
+        let addr = app.addr;
         let client = Client::builder(TokioExecutor::new()).build_http();
         let base = format!("http://{addr}");
 
@@ -255,5 +305,25 @@ mod tests {
         let started = Instant::now();
         get(&client, &format!("{base}/"), None).await;
         assert!(started.elapsed() >= Duration::from_millis(150), "later requests wait");
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_finishes_in_flight_requests_and_refuses_new_ones() {
+        let cfg = AppConfig { ip: "127.0.0.1".into(), name: "s1".into(), tag: None };
+        let app = start("127.0.0.1:0".parse().unwrap(), App::new(cfg)).await.unwrap();
+        let addr = app.addr;
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let delay = Request::post(format!("http://{addr}/delay"))
+            .body(Full::new(Bytes::from_static(b"{\"delay\":300}")))
+            .unwrap();
+        assert_eq!(client.request(delay).await.unwrap().status(), StatusCode::OK);
+        let in_flight = tokio::spawn({
+            let client = client.clone();
+            async move { get(&client, &format!("http://{addr}/"), None).await.0 }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await; // the request is being served
+        app.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(in_flight.await.unwrap(), StatusCode::OK, "the in-flight request finished");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
     }
 }

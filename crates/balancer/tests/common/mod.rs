@@ -132,48 +132,16 @@ pub async fn get(
     (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A demo web app that can be killed like a process: listener and every connection at once.
-pub struct Killable {
-    pub addr: SocketAddr,
-    tasks: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Killable {
-    pub fn kill(&self) {
-        self.accept.abort();
-        self.tasks.lock().unwrap().abort_all();
-    }
-}
-
-pub async fn killable_webapp(name: &str) -> Killable {
-    let cfg = shoal_webapp::AppConfig { ip: "127.0.0.1".into(), name: name.into(), tag: None };
-    let app = shoal_webapp::App::new(cfg);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tasks = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
-    let accept = tokio::spawn({
-        let tasks = tasks.clone();
-        async move {
-            loop {
-                let Ok((s, _)) = listener.accept().await else { return };
-                let app = app.clone();
-                tasks.lock().unwrap().spawn(async move {
-                    let svc = service_fn(move |req| app.clone().handle(req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
-        }
-    });
-    Killable { addr, tasks, accept }
-}
-
-/// A real demo web app named `name`.
-pub async fn webapp(name: &str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// A demo web app; `abort()` kills it like a process (listener and every connection).
+pub async fn killable_webapp(name: &str) -> shoal_webapp::Running {
     let cfg = shoal_webapp::AppConfig { ip: "127.0.0.1".into(), name: name.into(), tag: None };
     shoal_webapp::start("127.0.0.1:0".parse().unwrap(), shoal_webapp::App::new(cfg)).await.unwrap()
+}
+
+/// A real demo web app named `name`, running until the handle is dropped.
+pub async fn webapp(name: &str) -> (SocketAddr, shoal_webapp::Running) {
+    let app = killable_webapp(name).await;
+    (app.addr, app)
 }
 
 /// A backend that echoes what it received: `/echo` returns the request headers,
