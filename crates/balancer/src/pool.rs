@@ -237,7 +237,7 @@ impl Server {
         self.ejected_until.store(self.ms(now + backoff), Ordering::Relaxed);
         self.consecutive_connect_failures.store(0, Ordering::Relaxed);
         self.consecutive_5xx.store(0, Ordering::Relaxed);
-        tracing::warn!(server = %self.name, addr = %self.addr, ?backoff, "server ejected after failures");
+        tracing::warn!(target: "shoal::server", server = %self.name, addr = %self.addr, ?backoff, "server ejected after failures");
         true
     }
 

@@ -5,10 +5,15 @@
 //! * `scale`: the simulator — time for news to reach 99.99 % of members and
 //!   bytes per second per member, for 100 and 1 000 members (full protocol) and
 //!   10 000 (dissemination model), next to Serf's published model.
+//! * `proxy`: wrk through Shoal, HAProxy and nginx; RSS with 10 000 idle connections.
+//! * `failover`: joins, kill -9 and graceful stops under load — Shoal next to
+//!   HAProxy reloaded by a Serf event handler (the reference design).
 //!
 //! Run through the scripts in `bench/`, which build in release mode first.
 
+mod failover;
 mod gossip;
+mod procs;
 mod proxy;
 mod scale;
 mod stats;
@@ -30,6 +35,8 @@ enum Command {
     Scale(scale::Args),
     /// HTTP proxies: throughput, latency and memory — Shoal vs HAProxy vs nginx.
     Proxy(proxy::Args),
+    /// Failover under load: joins, kill -9, graceful stops — Shoal vs HAProxy reloaded by Serf.
+    Failover(failover::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Scale(a) => scale::run(a),
         Command::Proxy(a) => proxy::run(a),
+        Command::Failover(a) => failover::run(a),
     }
 }

@@ -4,11 +4,12 @@
 //! upstream connections alive. Then memory: RSS idle and with many idle
 //! keep-alive client connections open.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+use crate::procs::{spawn, wait_http, write};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,55 +36,8 @@ const NGINX: u16 = 18_082;
 const SHOAL1: u16 = 18_083;
 const SHOAL2: u16 = 18_085;
 
-struct Proc(Child, &'static str);
-
-impl Drop for Proc {
-    /// SIGTERM first, so nginx's master takes its worker down with it; SIGKILL after 5 s.
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("{} ignored SIGTERM; killing it", self.1);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Proc> {
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    Ok(Proc(child, name))
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
-    let p = dir.join(name);
-    std::fs::write(&p, text)?;
-    Ok(p)
-}
-
-fn wait_http(port: u16) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
-        let ok = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/")])
-            .output()
-            .map(|o| o.stdout == b"200")
-            .unwrap_or(false);
-        if ok {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing answers 200 on port {port}")
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -283,7 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ]),
     )?;
     for port in [BACKEND, HAPROXY, NGINX, SHOAL1, SHOAL2] {
-        wait_http(port)?;
+        wait_http(local(port))?;
     }
 
     let targets: [(&str, u16); 5] = [
@@ -311,9 +265,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Memory: idle, then with many idle keep-alive client connections.
     let mut memory = Vec::new();
     for (name, pid, port) in [
-        ("shoal, 1 thread", s1.0.id(), SHOAL1),
-        ("haproxy 2.6", hp.0.id(), HAPROXY),
-        ("nginx 1.22", ng.0.id(), NGINX),
+        ("shoal, 1 thread", s1.pid(), SHOAL1),
+        ("haproxy 2.6", hp.pid(), HAPROXY),
+        ("nginx 1.22", ng.pid(), NGINX),
     ] {
         std::thread::sleep(Duration::from_secs(1));
         let idle = rss_kib(pid);

@@ -20,9 +20,10 @@ pub struct Cli {
 /// Logging flags, shared by every subcommand.
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// Log level: error, warn, info, debug or trace (or a tracing filter such as `shoal_gossip=debug`).
-    #[arg(long, global = true, env = "SHOAL_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter such as `shoal_gossip=debug`)
+    /// [default: info; `demo` shows only the balancer's server changes: warn,shoal::server=info].
+    #[arg(long, global = true, env = "SHOAL_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// Write logs as JSON lines.
     #[arg(long, global = true, env = "SHOAL_LOG_JSON")]
     pub log_json: bool,

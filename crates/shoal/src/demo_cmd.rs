@@ -62,6 +62,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         backends.push(start_backend(i, seed).await?);
     }
     let mut next = args.backends + 1;
+    // The banner comes once the starting backends serve, after their log lines.
+    let serving = || balancer.pools().values().map(|p| p.view().servers.len()).sum::<usize>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while serving() < args.backends && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!();
     println!("  front: http://{}/", args.listen);
     println!("  stats: http://{}/", args.stats);

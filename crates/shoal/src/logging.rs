@@ -8,10 +8,25 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogArgs;
 
+/// What a command logs unless `--log-level` says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub enum Verbosity {
+    /// Client commands: warnings and errors only (their output is the answer).
+    Client,
+    /// Long-running roles: `info`.
+    Service,
+    /// `shoal demo`: the balancer's server changes; the agents' chatter is hidden.
+    Demo,
+}
+
 /// Installs the global subscriber; `RUST_LOG` overrides `--log-level` when set.
-/// Client commands only log warnings and errors (their output is the answer).
-pub fn init(args: &LogArgs, long_running: bool) -> LogTap {
-    let level = if long_running { args.log_level.as_str() } else { "warn" };
+pub fn init(args: &LogArgs, verbosity: Verbosity) -> LogTap {
+    let level = match (verbosity, &args.log_level) {
+        (Verbosity::Client, _) => "warn",
+        (_, Some(level)) => level.as_str(),
+        (Verbosity::Service, None) => "info",
+        (Verbosity::Demo, None) => "warn,shoal::server=info",
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let tap = LogTap::default();
     let registry = tracing_subscriber::registry().with(filter).with(tap.clone());

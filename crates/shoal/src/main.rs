@@ -14,11 +14,12 @@ use crate::cli::Command;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let long_running = matches!(
-        cli.command,
-        Command::Agent(_) | Command::Balancer(_) | Command::Webapp(_) | Command::Demo(_)
-    );
-    let log_tap = logging::init(&cli.log, long_running);
+    let verbosity = match cli.command {
+        Command::Agent(_) | Command::Balancer(_) | Command::Webapp(_) => logging::Verbosity::Service,
+        Command::Demo(_) => logging::Verbosity::Demo,
+        _ => logging::Verbosity::Client,
+    };
+    let log_tap = logging::init(&cli.log, verbosity);
     let threads = match &cli.command {
         Command::Balancer(b) => b.threads,
         _ => None,
@@ -35,7 +36,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let level = cli.log.log_level.clone();
+    let level = cli.log.log_level.clone().unwrap_or_else(|| "info".into());
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Agent(args) => agent_cmd::run(*args, log_tap).await,

@@ -144,22 +144,30 @@ impl Serf {
     }
 }
 
-/// A `shoal agent` process.
-pub fn shoal_agent(name: &str, bind: SocketAddr, extra: &[&str]) -> Proc {
-    let log = std::env::temp_dir().join(format!("shoal-test-{name}-{}.log", bind.port()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
-    cmd.args(["agent", "--node", name, "--bind", &bind.to_string()]);
-    // Every agent serves RPC; give each its own port unless the test chose one.
-    if !extra.contains(&"--rpc-addr") {
-        cmd.args(["--rpc-addr", &addr(free_port()).to_string()]);
-    }
-    let child = cmd
-        .args(extra)
+/// A `shoal SUBCOMMAND ARGS…` process, its stderr logged to the returned path.
+pub fn shoal(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, std::path::PathBuf) {
+    let log = std::env::temp_dir().join(format!("shoal-test-{name}-{}.log", free_port()));
+    let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn shoal");
-    Proc { child, name: name.into() }
+    (Proc { child, name: name.into() }, log)
+}
+
+/// A `shoal agent` process.
+pub fn shoal_agent(name: &str, bind: SocketAddr, extra: &[&str]) -> Proc {
+    let bind = bind.to_string();
+    let mut args = vec!["agent", "--node", name, "--bind", &bind];
+    // Every agent serves RPC; give each its own port unless the test chose one.
+    let rpc = addr(free_port()).to_string();
+    if !extra.contains(&"--rpc-addr") {
+        args.extend(["--rpc-addr", &rpc]);
+    }
+    args.extend(extra);
+    shoal(name, &args, &[]).0
 }
 
 /// Polls `cond` every 50 ms until it holds; returns the time it took.
