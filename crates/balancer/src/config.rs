@@ -199,7 +199,8 @@ pub struct PoolConfig {
     /// Sticky-session cookie (`SERVERID` in the reference); none: no stickiness.
     #[serde(default)]
     pub sticky_cookie: Option<String>,
-    /// Attempts on other servers after a failure (idempotent requests only).
+    /// Attempts on other servers after a failure: a refused connection sends any request
+    /// elsewhere; a dead connection or a 502-504 answer only idempotent ones.
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Which failures are retried.
@@ -508,6 +509,31 @@ mod tests {
         [timeouts]
         connect = "2s"
     "#;
+
+    /// The README's full example parses, and the values it calls defaults are the defaults.
+    #[test]
+    fn the_readme_example_is_valid_and_shows_the_defaults() {
+        let readme = include_str!("../../../README.md");
+        let from = readme.find("The config file says all of it").expect("README section");
+        let block = readme[from..].split("```toml\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+        // The example's certificate files, so that validation finds them.
+        let dir = std::env::temp_dir().join(format!("shoal-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["site.pem", "site.key"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let block = block.replace("/certs/", &format!("{}/", dir.display()));
+        let c = BalancerConfig::from_toml(&block).unwrap_or_else(|e| panic!("README example: {e}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let app = &c.pools[0];
+        let defaults = PoolConfig::new("app", "backend", 3000);
+        assert_eq!(app.health, defaults.health);
+        assert_eq!(app.passive, defaults.passive);
+        assert_eq!((app.retries, &app.retry_on), (defaults.retries, &defaults.retry_on));
+        assert_eq!(app.algorithm, defaults.algorithm);
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.limits, Limits::default());
+    }
 
     #[test]
     fn a_full_file_parses() {
