@@ -138,6 +138,7 @@ pub struct AgentHandle {
     events: broadcast::Sender<Event>,
     serf_events: broadcast::Sender<SerfEvent>,
     shutdown: Arc<tokio::sync::Notify>,
+    handler_runs: Arc<crate::handlers::HandlerRuns>,
 }
 
 impl std::fmt::Debug for AgentHandle {
@@ -151,6 +152,11 @@ impl AgentHandle {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.map_err(|_| AgentError::Stopped)?;
         rx.await.map_err(|_| AgentError::Stopped)
+    }
+
+    /// How the event handler scripts have ended so far.
+    pub fn handler_runs(&self) -> &crate::handlers::HandlerRuns {
+        &self.handler_runs
     }
 
     /// The latest membership snapshot, updated on every change.
@@ -330,6 +336,7 @@ impl Agent {
             events: events_tx.clone(),
             serf_events: serf_tx.clone(),
             shutdown: Arc::new(tokio::sync::Notify::new()),
+            handler_runs: Arc::default(),
         };
         let mut tasks = Vec::new();
         let handler_tx = if cfg.event_handlers.is_empty() {

@@ -185,6 +185,17 @@ pub async fn run_script(
     Ok(ScriptResult { code, output, timed_out })
 }
 
+/// How handler script runs ended, counted since the agent started.
+#[derive(Debug, Default)]
+pub struct HandlerRuns {
+    /// Exited 0.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Exited non-zero, or could not be started.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Killed by the handler timeout.
+    pub timed_out: std::sync::atomic::AtomicU64,
+}
+
 /// Runs handler scripts for each event, in order, until the channel closes.
 pub(crate) async fn run_handlers(
     mut events: mpsc::UnboundedReceiver<SerfEvent>,
@@ -200,6 +211,13 @@ pub(crate) async fn run_handlers(
             let result = run_script(&h.script, &env, stdin, timeout).await;
             let took = started.elapsed();
             let kind = event.type_name();
+            let runs = agent.handler_runs();
+            let outcome = match &result {
+                Ok(r) if r.timed_out => &runs.timed_out,
+                Ok(r) if r.code == Some(0) => &runs.ok,
+                _ => &runs.failed,
+            };
+            outcome.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match result {
                 Err(e) => tracing::error!(script = %h.script, event = kind, error = %e, "cannot run handler"),
                 Ok(r) => {

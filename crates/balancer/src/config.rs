@@ -49,6 +49,21 @@ pub enum Algorithm {
     Uri,
 }
 
+impl Algorithm {
+    /// The name it is configured by (HAProxy's `algo` field).
+    pub fn name(&self) -> String {
+        match self {
+            Algorithm::RoundRobin => "roundrobin".into(),
+            Algorithm::LeastConn => "leastconn".into(),
+            Algorithm::Random2 => "random".into(),
+            Algorithm::Source => "source".into(),
+            Algorithm::Uri => "uri".into(),
+            Algorithm::Header(h) => format!("header:{h}"),
+            Algorithm::Cookie(c) => format!("cookie:{c}"),
+        }
+    }
+}
+
 impl std::str::FromStr for Algorithm {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -352,6 +367,30 @@ pub struct BalancerConfig {
     /// Stats and status listener.
     #[serde(default)]
     pub stats: Option<SocketAddr>,
+    /// Basic authentication (`user:password`) for the stats listener (`/;up` stays open).
+    #[serde(default)]
+    pub stats_auth: Option<String>,
+    /// Bearer token accepted by the stats listener (instead of, or besides, `stats_auth`).
+    #[serde(default)]
+    pub stats_token: Option<String>,
+    /// Access log format: `httplog` (HAProxy's), `json` or `off`.
+    #[serde(default)]
+    pub access_log: crate::access_log::Format,
+    /// The runtime API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The runtime API (HAProxy's CLI subset) and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket path (created with mode 0600).
+    pub socket: Option<PathBuf>,
+    /// TCP address (like the reference's port 9999); without a token, loopback only.
+    pub listen: Option<SocketAddr>,
+    /// Token required on TCP (`auth TOKEN` first) and for `POST /;cmd` on the stats listener.
+    pub token: Option<String>,
 }
 
 /// A configuration that cannot be used, and why.
@@ -374,6 +413,10 @@ impl BalancerConfig {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             stats,
+            stats_auth: None,
+            stats_token: None,
+            access_log: crate::access_log::Format::default(),
+            admin: AdminConfig::default(),
         }
     }
 
@@ -389,6 +432,19 @@ impl BalancerConfig {
         let err = |m: String| Err(ConfigError(m));
         if self.frontends.is_empty() {
             return err("at least one frontend is needed".into());
+        }
+        if let Some(auth) = &self.stats_auth
+            && auth.split_once(':').is_none_or(|(u, p)| u.is_empty() || p.is_empty())
+        {
+            return err("stats_auth must be user:password".into());
+        }
+        if let Some(addr) = self.admin.listen
+            && !addr.ip().is_loopback()
+            && self.admin.token.as_deref().is_none_or(str::is_empty)
+        {
+            return err(format!(
+                "admin.listen {addr} is not a loopback address: set admin.token, or the runtime API would be open to the network"
+            ));
         }
         let mut pools = HashSet::new();
         for p in &self.pools {

@@ -22,7 +22,7 @@ const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// What the connection and the service share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnState {
     /// Requests in progress (from the service call until the response body is done).
     pub busy: AtomicU32,
@@ -32,9 +32,42 @@ pub struct ConnState {
     pub smuggling: AtomicBool,
     /// Requests answered 408 or closed for idleness (for stats).
     pub timed_out: AtomicBool,
+    /// When the connection was accepted.
+    pub accepted: std::time::Instant,
+    /// When the current request head started, in µs after `accepted`.
+    head_started_us: AtomicU64,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        ConnState::new()
+    }
 }
 
 impl ConnState {
+    /// State for a connection accepted now.
+    pub fn new() -> ConnState {
+        ConnState {
+            busy: AtomicU32::new(0),
+            served: AtomicU64::new(0),
+            smuggling: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            accepted: std::time::Instant::now(),
+            head_started_us: AtomicU64::new(0),
+        }
+    }
+
+    /// How long the current request head has been arriving, as of `now`.
+    pub fn head_age(&self, now: std::time::Instant) -> Duration {
+        let started = self.accepted + Duration::from_micros(self.head_started_us.load(Ordering::Relaxed));
+        now.saturating_duration_since(started)
+    }
+
+    fn head_started(&self, at: std::time::Instant) {
+        let us = at.saturating_duration_since(self.accepted).as_micros() as u64;
+        self.head_started_us.store(us, Ordering::Relaxed);
+    }
+
     /// Marks a request as started.
     pub fn begin(&self) {
         self.busy.fetch_add(1, Ordering::Relaxed);
@@ -151,7 +184,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 if n > 0 && !busy {
-                    this.head_started.get_or_insert_with(Instant::now);
+                    if this.head_started.is_none() {
+                        let now = Instant::now();
+                        this.head_started = Some(now);
+                        this.state.head_started(now.into_std());
+                    }
                     this.scan(&buf.filled()[before..]);
                 }
                 Poll::Ready(Ok(()))

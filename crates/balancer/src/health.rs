@@ -18,18 +18,36 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::config::HealthConfig;
-use crate::pool::{CheckResult, Health, Server};
+use crate::pool::{CheckResult, CheckStatus, Health, Server};
 
 const NEWCOMER_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Why a check got no status code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckError {
+    /// The class of failure.
+    pub status: CheckStatus,
+    /// What happened.
+    pub detail: String,
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// One check: connect, send, read the status line.
-pub async fn check_once(addr: SocketAddr, cfg: &HealthConfig) -> Result<u16, String> {
+pub async fn check_once(addr: SocketAddr, cfg: &HealthConfig) -> Result<u16, CheckError> {
+    let fail = |status, detail: String| CheckError { status, detail };
     let work = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail(CheckStatus::Refused, format!("connect: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
+            .map_err(|e| fail(CheckStatus::BadResponse, format!("handshake: {e}")))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -40,11 +58,16 @@ pub async fn check_once(addr: SocketAddr, cfg: &HealthConfig) -> Result<u16, Str
             .header(hyper::header::CONNECTION, "close")
             .header(hyper::header::USER_AGENT, "shoal-health-check")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("response: {e}"))?;
+            .map_err(|e| fail(CheckStatus::BadResponse, format!("request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(CheckStatus::BadResponse, format!("response: {e}")))?;
         Ok(resp.status().as_u16())
     };
-    tokio::time::timeout(cfg.timeout, work).await.map_err(|_| "timeout".to_string())?
+    tokio::time::timeout(cfg.timeout, work)
+        .await
+        .map_err(|_| fail(CheckStatus::Timeout, format!("no answer within {:?}", cfg.timeout)))?
 }
 
 /// Checks `server` until it is removed from its pool.
@@ -58,12 +81,16 @@ pub async fn check_loop(server: Arc<Server>, pool: String, cfg: HealthConfig, ch
         let result = check_once(server.addr, &cfg).await;
         let took = started.elapsed();
         let ok = matches!(result, Ok(s) if cfg.accepts(s));
-        let detail = match &result {
-            Ok(s) => s.to_string(),
-            Err(e) => e.clone(),
+        let (status, code, detail) = match &result {
+            Ok(s) if ok => (CheckStatus::Passed, Some(*s), s.to_string()),
+            Ok(s) => (CheckStatus::WrongStatus, Some(*s), format!("{s}, expected {}", cfg.expect)),
+            Err(e) => (e.status, None, e.detail.clone()),
         };
+        if !ok {
+            server.stats.check_failures.fetch_add(1, Ordering::Relaxed);
+        }
         *server.last_check.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(CheckResult { ok, detail: detail.clone(), duration: took });
+            Some(CheckResult { ok, status, code, detail: detail.clone(), duration: took });
         let before = server.health();
         let after = match (before, ok) {
             (Health::Unknown, true) => Health::Up,
@@ -88,6 +115,9 @@ pub async fn check_loop(server: Arc<Server>, pool: String, cfg: HealthConfig, ch
         if after != before {
             (successes, failures) = (0, 0);
             server.set_health(after);
+            if before == Health::Up && after == Health::Down {
+                server.stats.check_downs.fetch_add(1, Ordering::Relaxed);
+            }
             changed.notify_one();
             match after {
                 Health::Up => {

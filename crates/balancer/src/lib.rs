@@ -11,13 +11,15 @@
 //! connection; [`Balancer::shutdown`] stops accepting and lets in-flight
 //! requests finish.
 
+pub mod access_log;
+pub mod admin;
 pub mod config;
 mod conn;
 mod health;
 mod limits;
 pub mod pool;
 pub mod proxy;
-mod stats;
+pub mod stats;
 mod tls;
 mod upstream;
 
@@ -104,6 +106,13 @@ struct Inner {
     controller: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats_addr: std::sync::Mutex<Option<SocketAddr>>,
+    access_log: arc_swap::ArcSwapOption<access_log::AccessLog>,
+    /// Proxy numbers (HAProxy's `iid`), shared by frontends and pools.
+    next_id: std::sync::atomic::AtomicU32,
+    started: Instant,
+    agent: std::sync::OnceLock<shoal_agent::AgentHandle>,
+    admin_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    admin_socket: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 /// A running balancer.
@@ -140,6 +149,12 @@ impl Balancer {
             controller: std::sync::Mutex::new(None),
             stats_task: std::sync::Mutex::new(None),
             stats_addr: std::sync::Mutex::new(None),
+            access_log: arc_swap::ArcSwapOption::empty(),
+            next_id: std::sync::atomic::AtomicU32::new(1),
+            started: Instant::now(),
+            agent: std::sync::OnceLock::new(),
+            admin_tasks: std::sync::Mutex::new(Vec::new()),
+            admin_socket: std::sync::Mutex::new(None),
         });
         let b = Balancer { inner };
         b.apply(cfg.clone(), true).await?;
@@ -152,6 +167,7 @@ impl Balancer {
             let task = tokio::spawn(stats::serve(listener, b.clone()));
             *b.inner.stats_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
+        b.start_admin(&cfg.admin).await?;
         let controller = tokio::spawn(b.clone().control());
         *b.inner.controller.lock().unwrap_or_else(|e| e.into_inner()) = Some(controller);
         Ok(b)
@@ -167,14 +183,74 @@ impl Balancer {
         Ok(())
     }
 
+    /// Opens the runtime API: the unix socket (a failure only warns: the balancer still
+    /// serves) and the TCP listener (a failure is an error, like any listener).
+    async fn start_admin(&self, admin: &config::AdminConfig) -> Result<(), BalancerError> {
+        let mut tasks = Vec::new();
+        if let Some(path) = &admin.socket {
+            match crate::admin::bind_unix(path) {
+                Ok(listener) => {
+                    tracing::info!(socket = %path.display(), "runtime API listening");
+                    *self.inner.admin_socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
+                    tasks.push(tokio::spawn(crate::admin::serve_unix(listener, self.clone())));
+                }
+                Err(e) => {
+                    tracing::warn!(socket = %path.display(), error = %e, "runtime API socket not opened")
+                }
+            }
+        }
+        if let Some(addr) = admin.listen {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|source| BalancerError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_or(addr, |a| a);
+            tracing::info!(addr = %bound, token = admin.token.is_some(), "runtime API listening on TCP");
+            tasks.push(tokio::spawn(crate::admin::serve_tcp(listener, self.clone(), admin.token.clone())));
+        }
+        *self.inner.admin_tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(())
+    }
+
+    /// Lets `/metrics` report the gossip agent's counters (probes, drops, handler runs).
+    pub fn attach_agent(&self, agent: shoal_agent::AgentHandle) {
+        let _ = self.inner.agent.set(agent);
+    }
+
+    /// The agent attached with [`Balancer::attach_agent`].
+    pub fn agent(&self) -> Option<shoal_agent::AgentHandle> {
+        self.inner.agent.get().cloned()
+    }
+
+    fn next_id(&self) -> u32 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// When the balancer started.
+    pub fn started(&self) -> Instant {
+        self.inner.started
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> BalancerConfig {
+        self.inner.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The access log, when one is on.
+    pub fn access_log(&self) -> Option<Arc<access_log::AccessLog>> {
+        self.inner.access_log.load_full()
+    }
+
     async fn apply(&self, cfg: BalancerConfig, first: bool) -> Result<(), BalancerError> {
+        let log_format = self.access_log().map_or(access_log::Format::Off, |l| l.format());
+        if first || log_format != cfg.access_log {
+            self.inner.access_log.store(access_log::AccessLog::start(cfg.access_log));
+        }
         // Pools: keep the ones whose configuration did not change (with their servers and health).
         let old_pools = self.inner.pools.load_full();
         let mut pools = BTreeMap::new();
         for pc in &cfg.pools {
             let pool = match old_pools.get(&pc.name) {
                 Some(p) if p.cfg == *pc => p.clone(),
-                _ => Arc::new(Pool::new(pc.clone(), self.inner.changed.clone())),
+                _ => Arc::new(Pool::new(pc.clone(), self.next_id(), self.inner.changed.clone())),
             };
             pools.insert(pc.name.clone(), pool);
         }
@@ -269,10 +345,14 @@ impl Balancer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(fc.name.clone())
-            .or_default()
+            .or_insert_with(|| {
+                let stats = FrontendStats::default();
+                stats.id.store(self.next_id(), Ordering::Relaxed);
+                Arc::new(stats)
+            })
             .clone();
         Frontend {
-            name: fc.name.clone(),
+            name: Arc::from(fc.name.as_str()),
             routes: fc
                 .routes
                 .iter()
@@ -288,6 +368,11 @@ impl Balancer {
             max_body: cfg.limits.max_body_bytes,
             stats,
         }
+    }
+
+    /// The cluster's membership as last seen.
+    pub fn members(&self) -> Arc<Membership> {
+        self.inner.members.borrow().clone()
     }
 
     /// Every pool, by name.
@@ -348,6 +433,12 @@ impl Balancer {
         }
         for (_, t) in self.inner.checkers.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             t.abort();
+        }
+        for t in self.inner.admin_tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+        if let Some(path) = self.inner.admin_socket.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -427,7 +518,7 @@ impl Balancer {
                 },
                 _ = stop.changed() => return,
             };
-            let ctx = ConnCtx::new(frontend.clone(), peer, local_port);
+            let ctx = ConnCtx::new(frontend.clone(), peer, local_port, self.inner.access_log.load_full());
             let inner = self.inner.clone();
             let tls = tls.clone();
             inner.open_conns.fetch_add(1, Ordering::Relaxed);
@@ -446,7 +537,9 @@ async fn serve_conn(stream: TcpStream, ctx: ConnCtx, tls: Option<tokio_rustls::T
     let _ = stream.set_nodelay(true);
     let fe = ctx.frontend.load_full();
     fe.stats.connections.fetch_add(1, Ordering::Relaxed);
-    fe.stats.current_connections.fetch_add(1, Ordering::Relaxed);
+    let open = fe.stats.current_connections.fetch_add(1, Ordering::Relaxed) + 1;
+    fe.stats.max_connections.fetch_max(open, Ordering::Relaxed);
+    fe.stats.connection_rate.hit(fe.stats.second(std::time::Instant::now()));
     let timeouts =
         IoTimeouts { request_headers: fe.timeouts.request_headers, keepalive: fe.timeouts.keepalive };
     let max_header = inner.cfg.lock().map(|c| c.limits.max_header_bytes).unwrap_or(16 * 1024);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use shoal_agent::Membership;
-use shoal_gossip::{Member, MemberStatus};
+use shoal_gossip::{Member, MemberStatus, Tags};
 
 use crate::config::{Algorithm, PoolConfig};
 use crate::upstream::ConnPool;
@@ -52,6 +52,81 @@ pub enum Admin {
     Maint = 2,
 }
 
+/// Upper bounds (seconds) of the response-time histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A lock-free histogram of durations (for Prometheus and average times).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket of [`LATENCY_BUCKETS`], plus one for larger values (not cumulative).
+    pub buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of observations, in microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Mean, in milliseconds (0 without observations).
+    pub fn mean_ms(&self) -> u64 {
+        let n = self.count();
+        self.sum_us.load(Ordering::Relaxed).checked_div(n).map_or(0, |us| us / 1000)
+    }
+}
+
+/// Events per second: the count of the last complete second, and the highest seen.
+#[derive(Debug, Default)]
+pub struct Rate {
+    second: AtomicU64,
+    current: AtomicU32,
+    previous: AtomicU32,
+    max: AtomicU32,
+}
+
+impl Rate {
+    /// Counts one event in second `now_s`.
+    pub fn hit(&self, now_s: u64) {
+        let s = self.second.load(Ordering::Relaxed);
+        if s != now_s && self.second.compare_exchange(s, now_s, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let done = self.current.swap(0, Ordering::Relaxed);
+            self.previous.store(if now_s == s + 1 { done } else { 0 }, Ordering::Relaxed);
+        }
+        // The running count of this second is a lower bound of its total: good for the maximum.
+        let n = self.current.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max.fetch_max(n, Ordering::Relaxed);
+    }
+
+    /// Events during the last complete second, as of second `now_s`.
+    pub fn per_second(&self, now_s: u64) -> u32 {
+        let s = self.second.load(Ordering::Relaxed);
+        if s == now_s {
+            self.previous.load(Ordering::Relaxed)
+        } else if s + 1 == now_s {
+            self.current.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// Highest events per second seen.
+    pub fn max(&self) -> u32 {
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
 /// Counters for stats (all monotonic, relaxed atomics).
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -73,6 +148,46 @@ pub struct ServerStats {
     pub bytes_out: AtomicU64,
     /// Most requests in flight at once.
     pub max_active: AtomicU32,
+    /// Requests per second.
+    pub rate: Rate,
+    /// Time from sending a request to the response head.
+    pub response_time: Histogram,
+    /// Time to open a new connection (pooled connections are not counted).
+    pub connect_time: Histogram,
+    /// When the last request was sent, ms since the pool's epoch (0: never).
+    pub last_request_ms: AtomicU64,
+    /// Failed active checks.
+    pub check_failures: AtomicU64,
+    /// Transitions from UP to DOWN by active checks.
+    pub check_downs: AtomicU64,
+}
+
+/// The outcome class of an active check, as HAProxy names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    /// The expected status came back (`L7OK`).
+    Passed,
+    /// Another status came back (`L7STS`).
+    WrongStatus,
+    /// No connection (`L4CON`).
+    Refused,
+    /// No answer in time (`L7TOUT`).
+    Timeout,
+    /// Not HTTP (`L7RSP`).
+    BadResponse,
+}
+
+impl CheckStatus {
+    /// HAProxy's short code for it.
+    pub fn code(self) -> &'static str {
+        match self {
+            CheckStatus::Passed => "L7OK",
+            CheckStatus::WrongStatus => "L7STS",
+            CheckStatus::Refused => "L4CON",
+            CheckStatus::Timeout => "L7TOUT",
+            CheckStatus::BadResponse => "L7RSP",
+        }
+    }
 }
 
 /// The outcome of the last active check.
@@ -80,6 +195,10 @@ pub struct ServerStats {
 pub struct CheckResult {
     /// Whether it passed.
     pub ok: bool,
+    /// Its class.
+    pub status: CheckStatus,
+    /// The HTTP status, when one came back.
+    pub code: Option<u16>,
     /// Status code, or why there is none.
     pub detail: String,
     /// How long it took.
@@ -91,6 +210,10 @@ pub struct CheckResult {
 pub struct Server {
     /// Member name.
     pub name: Arc<str>,
+    /// Number within its pool (HAProxy's `sid`), stable while the member stays.
+    pub id: u32,
+    /// The member's tags.
+    pub tags: ArcSwap<Tags>,
     /// Where its service listens.
     pub addr: SocketAddr,
     /// Weight from the `weight` tag (1 when absent).
@@ -116,6 +239,12 @@ pub struct Server {
     pub(crate) removed: AtomicBool,
     /// The last active check.
     pub last_check: std::sync::Mutex<Option<CheckResult>>,
+    /// Whether it was serving at the last rebuild.
+    serving: AtomicBool,
+    /// When its serving state last changed, ms since the pool's epoch.
+    last_change_ms: AtomicU64,
+    /// Total time not serving, ms, up to `last_change_ms` when not serving now.
+    downtime_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -130,8 +259,11 @@ fn status_code(s: MemberStatus) -> u8 {
 
 impl Server {
     fn new(name: Arc<str>, addr: SocketAddr, weight: u32, checked: bool, epoch: Instant) -> Server {
+        let now = Instant::now();
         Server {
             name,
+            id: 0,
+            tags: ArcSwap::from_pointee(Tags::new()),
             addr,
             weight: AtomicU32::new(weight),
             member: AtomicU8::new(0),
@@ -147,7 +279,57 @@ impl Server {
             up_since: AtomicU64::new(0),
             removed: AtomicBool::new(false),
             last_check: std::sync::Mutex::new(None),
+            serving: AtomicBool::new(false),
+            last_change_ms: AtomicU64::new(now.saturating_duration_since(epoch).as_millis() as u64),
+            downtime_ms: AtomicU64::new(0),
             epoch,
+        }
+    }
+
+    /// Time since its serving state last changed.
+    pub fn since_last_change(&self, now: Instant) -> Duration {
+        Duration::from_millis(self.ms(now).saturating_sub(self.last_change_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Total time it has not been serving since it joined the pool.
+    pub fn downtime(&self, now: Instant) -> Duration {
+        let mut ms = self.downtime_ms.load(Ordering::Relaxed);
+        if !self.serving.load(Ordering::Relaxed) {
+            ms += self.ms(now).saturating_sub(self.last_change_ms.load(Ordering::Relaxed));
+        }
+        Duration::from_millis(ms)
+    }
+
+    /// Time since the last request was sent to it, if any was.
+    pub fn since_last_request(&self, now: Instant) -> Option<Duration> {
+        match self.stats.last_request_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(Duration::from_millis(self.ms(now).saturating_sub(t))),
+        }
+    }
+
+    /// Counts a request sent to it at `now`.
+    pub(crate) fn sent(&self, now: Instant) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let ms = self.ms(now).max(1);
+        self.stats.last_request_ms.store(ms, Ordering::Relaxed);
+        self.stats.rate.hit(ms / 1000);
+    }
+
+    /// Seconds since the pool's epoch, for [`Rate::per_second`].
+    pub fn rate_second(&self, now: Instant) -> u64 {
+        self.ms(now) / 1000
+    }
+
+    /// Records whether it serves after a rebuild at `now`.
+    fn note_serving(&self, serving: bool, now: Instant) {
+        if self.serving.swap(serving, Ordering::Relaxed) == serving {
+            return;
+        }
+        let at = self.ms(now);
+        let since = self.last_change_ms.swap(at, Ordering::Relaxed);
+        if serving {
+            self.downtime_ms.fetch_add(at.saturating_sub(since), Ordering::Relaxed);
         }
     }
 
@@ -414,12 +596,27 @@ fn fast_random(n: usize) -> usize {
     })
 }
 
+/// What an operator set on a server by name; it outlives the member's comings and goings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Override {
+    /// Drain or maintenance (ready clears it).
+    pub admin: Option<Admin>,
+    /// A weight that replaces the member's `weight` tag.
+    pub weight: Option<u32>,
+}
+
 /// A backend pool.
 #[derive(Debug)]
 pub struct Pool {
     /// Its configuration.
     pub cfg: PoolConfig,
+    /// Its name (shared with logs).
+    pub name: Arc<str>,
+    /// Number within the balancer (HAProxy's `iid`).
+    pub id: u32,
     servers: std::sync::Mutex<BTreeMap<Arc<str>, Arc<Server>>>,
+    overrides: std::sync::Mutex<std::collections::HashMap<Arc<str>, Override>>,
+    next_server_id: AtomicU32,
     view: ArcSwap<View>,
     epoch: Instant,
     changed: Arc<tokio::sync::Notify>,
@@ -445,10 +642,14 @@ impl Eq for Server {}
 
 impl Pool {
     /// An empty pool; `changed` is notified when the request path ejects a server.
-    pub fn new(cfg: PoolConfig, changed: Arc<tokio::sync::Notify>) -> Pool {
+    pub fn new(cfg: PoolConfig, id: u32, changed: Arc<tokio::sync::Notify>) -> Pool {
         Pool {
+            name: Arc::from(cfg.name.as_str()),
             cfg,
+            id,
             servers: Default::default(),
+            overrides: Default::default(),
+            next_server_id: AtomicU32::new(1),
             view: ArcSwap::from_pointee(View::default()),
             epoch: Instant::now(),
             changed,
@@ -507,19 +708,23 @@ impl Pool {
                         o.removed.store(true, Ordering::Relaxed);
                         changes.push(Change::Removed(o, "address changed"));
                     }
-                    let s = Arc::new(Server::new(
-                        m.name.clone(),
-                        addr,
-                        weight,
-                        self.cfg.health.enabled,
-                        self.epoch,
-                    ));
+                    let mut fresh =
+                        Server::new(m.name.clone(), addr, weight, self.cfg.health.enabled, self.epoch);
+                    fresh.id = self.next_server_id.fetch_add(1, Ordering::Relaxed);
+                    if let Some(a) = self.override_of(&m.name).admin {
+                        fresh.set_admin(a);
+                    }
+                    let s = Arc::new(fresh);
                     servers.insert(m.name.clone(), s.clone());
                     changes.push(Change::Added(s.clone()));
                     s
                 }
             };
+            let weight = self.override_of(&m.name).weight.unwrap_or(weight);
             server.weight.store(weight, Ordering::Relaxed);
+            if **server.tags.load() != *m.tags {
+                server.tags.store(m.tags.clone());
+            }
             let before = server.member_status();
             server.member.store(status_code(m.status), Ordering::Relaxed);
             if before == MemberStatus::Alive && m.status == MemberStatus::Leaving {
@@ -549,6 +754,9 @@ impl Pool {
         let previous: std::collections::HashSet<*const Server> =
             self.view.load().servers.iter().map(Arc::as_ptr).collect();
         let eligible: Vec<Arc<Server>> = servers.values().filter(|s| s.eligible(now)).cloned().collect();
+        for s in servers.values() {
+            s.note_serving(s.eligible(now), now);
+        }
         for s in &eligible {
             if !previous.contains(&Arc::as_ptr(s)) {
                 s.up_since.store(s.ms(now), Ordering::Relaxed);
@@ -562,6 +770,43 @@ impl Pool {
     /// The server named `name`, eligible or not.
     pub fn server(&self, name: &str) -> Option<Arc<Server>> {
         self.servers.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    fn override_of(&self, name: &str) -> Override {
+        self.overrides.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or_default()
+    }
+
+    /// An operator's state for server `name`: kept across the member's leaves and rejoins
+    /// until set back to ready. Returns false if the pool has no such server.
+    pub fn set_admin(&self, name: &str, admin: Admin, now: Instant) -> bool {
+        let Some(server) = self.server(name) else { return false };
+        let mut overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        let o = overrides.entry(server.name.clone()).or_default();
+        o.admin = (admin != Admin::Ready).then_some(admin);
+        if *o == Override::default() {
+            overrides.remove(name);
+        }
+        drop(overrides);
+        server.set_admin(admin);
+        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %name, state = ?admin, "server state set by an operator");
+        self.rebuild(now);
+        true
+    }
+
+    /// An operator's weight for server `name` (kept across rejoins, like the state).
+    pub fn set_weight(&self, name: &str, weight: u32, now: Instant) -> bool {
+        let Some(server) = self.server(name) else { return false };
+        let weight = weight.min(MAX_WEIGHT);
+        self.overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(server.name.clone())
+            .or_default()
+            .weight = Some(weight);
+        server.weight.store(weight, Ordering::Relaxed);
+        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %name, weight, "server weight set by an operator");
+        self.rebuild(now);
+        true
     }
 }
 

@@ -22,11 +22,12 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::access_log::{AccessLog, Record};
 use crate::config::{RetryOn, Timeouts};
 use crate::conn::ConnState;
 use crate::limits::{BodyReport, LimitedBody};
 use crate::pool::{Pool, Server, hash_key};
-use crate::upstream::{ProxyBody, UpstreamBody, UpstreamError, exchange};
+use crate::upstream::{ProxyBody, Timing, UpstreamBody, UpstreamError, exchange};
 
 /// Bodies up to this size are buffered so idempotent requests can be retried.
 const RETRY_BUFFER: u64 = 64 * 1024;
@@ -63,8 +64,8 @@ impl RouteRule {
 /// What a frontend needs on the request path.
 #[derive(Debug)]
 pub struct Frontend {
-    /// Name, for stats.
-    pub name: String,
+    /// Name, for stats and logs.
+    pub name: Arc<str>,
     /// Routes, first match wins.
     pub routes: Vec<RouteRule>,
     /// Pool when nothing matches.
@@ -92,6 +93,29 @@ pub struct FrontendStats {
     pub connections: std::sync::atomic::AtomicU64,
     /// Connections open now.
     pub current_connections: std::sync::atomic::AtomicU64,
+    /// Most connections open at once.
+    pub max_connections: std::sync::atomic::AtomicU64,
+    /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [std::sync::atomic::AtomicU64; 5],
+    /// Request bytes received (bodies).
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    /// Response bytes sent (bodies).
+    pub bytes_out: std::sync::atomic::AtomicU64,
+    /// Requests per second.
+    pub request_rate: crate::pool::Rate,
+    /// Connections per second.
+    pub connection_rate: crate::pool::Rate,
+    /// Number within the balancer (HAProxy's `iid`).
+    pub id: std::sync::atomic::AtomicU32,
+    /// When counting started (for rates).
+    pub epoch: std::sync::OnceLock<Instant>,
+}
+
+impl FrontendStats {
+    /// Seconds since counting started, for [`crate::pool::Rate`].
+    pub fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(*self.epoch.get_or_init(Instant::now)).as_secs()
+    }
 }
 
 impl Frontend {
@@ -115,16 +139,24 @@ pub struct ConnCtx {
     pub client_ip: HeaderValue,
     /// The listener's port as a header value.
     pub port_value: HeaderValue,
+    /// Where finished requests are logged.
+    pub log: Option<Arc<AccessLog>>,
 }
 
 impl ConnCtx {
     /// Context for a new connection.
-    pub fn new(frontend: Arc<arc_swap::ArcSwap<Frontend>>, client: SocketAddr, local_port: u16) -> ConnCtx {
+    pub fn new(
+        frontend: Arc<arc_swap::ArcSwap<Frontend>>,
+        client: SocketAddr,
+        local_port: u16,
+        log: Option<Arc<AccessLog>>,
+    ) -> ConnCtx {
         ConnCtx {
             frontend,
             client,
             local_port,
-            state: Arc::new(ConnState::default()),
+            log,
+            state: Arc::new(ConnState::new()),
             client_ip: HeaderValue::from_str(&client.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
             port_value: HeaderValue::from(local_port),
@@ -140,22 +172,51 @@ pub enum RespBody {
     Local(Full<Bytes>),
 }
 
-/// A response body that tells the connection when the request is over.
+/// A response body that tells the connection when the request is over, and
+/// counts and logs the request when its body is done.
 pub struct GuardedBody {
     body: RespBody,
-    _guard: RequestGuard,
+    guard: RequestGuard,
 }
 
 struct RequestGuard {
     state: Arc<ConnState>,
     server: Option<Arc<Server>>,
+    frontend: Arc<Frontend>,
+    bytes: u64,
+    /// The body reached its end (set from `is_end_stream`, which takes `&self`).
+    finished: std::cell::Cell<bool>,
+    server_broke: bool,
+    log: Option<Box<PendingLog>>,
+}
+
+/// What the access log needs from a request while its response is still streaming.
+struct PendingLog {
+    sink: Arc<AccessLog>,
+    record: Record,
+    started: Instant,
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.state.end();
+        self.frontend.stats.bytes_out.fetch_add(self.bytes, Ordering::Relaxed);
         if let Some(s) = &self.server {
             s.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(mut p) = self.log.take() {
+            let r = &mut p.record;
+            r.bytes = self.bytes;
+            r.t_active = p.started.elapsed();
+            if r.termination == *b"--" && !self.finished.get() {
+                // The body did not reach its end: the server broke it, or the client left.
+                r.termination = if self.server_broke { *b"SD" } else { *b"CD" };
+            }
+            r.frontend_conns = self.frontend.stats.current_connections.load(Ordering::Relaxed);
+            if let Some(s) = &self.server {
+                r.server_conns = s.active.load(Ordering::Relaxed) + 1;
+            }
+            p.sink.log(std::mem::replace(r, Record::placeholder()));
         }
     }
 }
@@ -168,17 +229,34 @@ impl Body for GuardedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match &mut self.body {
+        let this = &mut *self;
+        let polled = match &mut this.body {
             RespBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             RespBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.guard.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.guard.server_broke = true,
+            Poll::Ready(None) => this.guard.finished.set(true),
+            Poll::Pending => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.body {
+        let end = match &self.body {
             RespBody::Upstream(b) => b.is_end_stream(),
             RespBody::Local(b) => b.is_end_stream(),
+        };
+        // hyper stops polling a body that says it has ended: that is its end too.
+        if end {
+            self.guard.finished.set(true);
         }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -282,43 +360,111 @@ pub fn local(status: StatusCode, body: &'static str, close: bool) -> Response<Re
     r
 }
 
-fn guard(
+/// What forwarding a request came to.
+struct Forwarded {
     resp: Response<RespBody>,
-    state: &Arc<ConnState>,
     server: Option<Arc<Server>>,
+    pool: Option<Arc<Pool>>,
+    timing: Timing,
+    answered: bool,
+    retries: u32,
+    /// HAProxy's termination state when the request ended here (`--` otherwise).
+    termination: [u8; 2],
+}
+
+impl Forwarded {
+    /// A local answer: `why` is the termination state (`PR`: refused by the proxy, …).
+    fn local(resp: Response<RespBody>, pool: Option<Arc<Pool>>, termination: &[u8; 2]) -> Forwarded {
+        let timing = Timing::default();
+        Forwarded { resp, server: None, pool, timing, answered: false, retries: 0, termination: *termination }
+    }
+}
+
+fn guard(
+    f: Forwarded,
+    ctx: &ConnCtx,
+    frontend: Arc<Frontend>,
+    log: Option<Box<PendingLog>>,
 ) -> Response<GuardedBody> {
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, GuardedBody { body, _guard: RequestGuard { state: state.clone(), server } })
+    let status = f.resp.status().as_u16();
+    let class = usize::from((status / 100).clamp(1, 5) - 1);
+    frontend.stats.responses[class].fetch_add(1, Ordering::Relaxed);
+    let log = log.map(|mut p| {
+        let r = &mut p.record;
+        r.status = status;
+        r.backend = f.pool.as_ref().map(|p| p.name.clone());
+        r.server = f.server.as_ref().map(|s| s.name.clone());
+        r.t_connect = f.timing.connect;
+        r.t_response = f.answered.then_some(f.timing.response);
+        r.termination = f.termination;
+        r.retries = f.retries;
+        r.backend_conns = f
+            .pool
+            .as_ref()
+            .map_or(0, |p| p.view().servers.iter().map(|s| s.active.load(Ordering::Relaxed)).sum());
+        p
+    });
+    let (parts, body) = f.resp.into_parts();
+    let guard = RequestGuard {
+        state: ctx.state.clone(),
+        server: f.server,
+        frontend,
+        bytes: 0,
+        finished: std::cell::Cell::new(false),
+        server_broke: false,
+        log,
+    };
+    Response::from_parts(parts, GuardedBody { body, guard })
 }
 
 /// Handles one client request.
 pub async fn handle(req: Request<Incoming>, ctx: ConnCtx) -> Result<Response<GuardedBody>, Infallible> {
     ctx.state.begin();
     let frontend = ctx.frontend.load_full();
+    let now = Instant::now();
     frontend.stats.requests.fetch_add(1, Ordering::Relaxed);
+    frontend.stats.request_rate.hit(frontend.stats.second(now));
+    let log = ctx.log.as_ref().map(|sink| {
+        let record = Record {
+            at: std::time::SystemTime::now(),
+            client: ctx.client,
+            frontend: frontend.name.clone(),
+            t_request: ctx.state.head_age(now),
+            request: format!("{} {} {:?}", req.method(), req.uri(), req.version()),
+            ..Record::placeholder()
+        };
+        Box::new(PendingLog { sink: sink.clone(), record, started: now })
+    });
     if ctx.state.smuggling.load(Ordering::Relaxed) {
         frontend.stats.denied.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(client = %ctx.client, "request with both Content-Length and Transfer-Encoding refused");
-        return Ok(guard(
-            local(StatusCode::BAD_REQUEST, "Bad request: ambiguous message length\n", true),
-            &ctx.state,
-            None,
-        ));
+        let resp = local(StatusCode::BAD_REQUEST, "Bad request: ambiguous message length\n", true);
+        return Ok(guard(Forwarded::local(resp, None, b"PR"), &ctx, frontend, log));
     }
-    let (resp, server) = forward(req, &ctx, &frontend).await;
-    Ok(guard(resp, &ctx.state, server))
+    let forwarded = forward(req, &ctx, &frontend).await;
+    Ok(guard(forwarded, &ctx, frontend, log))
 }
 
-async fn forward(
-    req: Request<Incoming>,
-    ctx: &ConnCtx,
-    fe: &Frontend,
-) -> (Response<RespBody>, Option<Arc<Server>>) {
+/// The size of a request's head on the wire (HTTP/1), for the `bin` counters.
+fn head_len<B>(req: &Request<B>) -> u64 {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    (line + headers + 2) as u64
+}
+
+async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwarded {
+    let head_bytes = head_len(&req);
+    fe.stats.bytes_in.fetch_add(head_bytes, Ordering::Relaxed);
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > fe.max_body) {
         fe.stats.denied.fetch_add(1, Ordering::Relaxed);
-        return (local(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", true), None);
+        return Forwarded::local(
+            local(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", true),
+            None,
+            b"PR",
+        );
     }
     let host = req
         .headers()
@@ -330,6 +476,7 @@ async fn forward(
         })
         .map(str::to_ascii_lowercase);
     let pool = fe.pool_for(host.as_deref(), req.uri().path()).clone();
+    let fail = |resp: Response<RespBody>, why: &[u8; 2]| Forwarded::local(resp, Some(pool.clone()), why);
     let upgrade = wants_upgrade(&req);
     let mut req = req;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -376,7 +523,7 @@ async fn forward(
             Ok(b) => buffered = Some(b.to_bytes()),
             Err(_) => {
                 fe.stats.denied.fetch_add(1, Ordering::Relaxed);
-                return (local(StatusCode::BAD_REQUEST, "Bad request body\n", true), None);
+                return fail(local(StatusCode::BAD_REQUEST, "Bad request body\n", true), b"CR");
             }
         }
     } else {
@@ -400,7 +547,7 @@ async fn forward(
         .cloned();
     // A request that never left the balancer, to send again as it is.
     let mut carried: Option<Carried> = None;
-    let (mut attempts, mut resends) = (0u32, 0u32);
+    let (mut attempts, mut resends, mut retried) = (0u32, 0u32, 0u32);
     let mut last_failure = (StatusCode::SERVICE_UNAVAILABLE, "No server available\n");
     loop {
         let now = Instant::now();
@@ -412,14 +559,16 @@ async fn forward(
         };
         let Some(server) = chosen else {
             fe.stats.no_server.fetch_add(1, Ordering::Relaxed);
-            return (local(last_failure.0, last_failure.1, false), None);
+            let mut f = fail(local(last_failure.0, last_failure.1, false), b"SC");
+            f.retries = retried;
+            return f;
         };
         if sticky_target.is_some() && attempts == 0 && sticky_server.is_none() {
             server.stats.redispatches.fetch_add(1, Ordering::Relaxed);
         }
         let active = server.active.fetch_add(1, Ordering::Relaxed) + 1;
         server.stats.max_active.fetch_max(active, Ordering::Relaxed);
-        server.stats.requests.fetch_add(1, Ordering::Relaxed);
+        server.sent(now);
         let req = match carried.take() {
             Some(Carried::SameServer(r) | Carried::Elsewhere(r)) => r,
             None => {
@@ -437,12 +586,16 @@ async fn forward(
                 h.into_request(body)
             }
         };
+        server.stats.bytes_in.fetch_add(head_bytes, Ordering::Relaxed);
         if let Some(b) = &buffered {
             server.stats.bytes_in.fetch_add(b.len() as u64, Ordering::Relaxed);
+            if attempts == 0 && resends == 0 {
+                fe.stats.bytes_in.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
         }
         let result = exchange(&server, req, timeouts.connect, timeouts.server).await;
         let failure = match result {
-            Ok((resp, conn)) => {
+            Ok((resp, conn, timing)) => {
                 attempts += 1;
                 let status = resp.status();
                 if server.responded(Instant::now(), status.as_u16(), &pool.cfg) {
@@ -455,6 +608,7 @@ async fn forward(
                     && pool.cfg.retry_on.contains(&RetryOn::Gateway)
                 {
                     server.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    retried += 1;
                     server.active.fetch_sub(1, Ordering::Relaxed);
                     tried.push(server);
                     continue;
@@ -467,7 +621,15 @@ async fn forward(
                     sticky_target.as_deref(),
                     client_upgrade,
                 );
-                return (resp, Some(server));
+                return Forwarded {
+                    resp,
+                    server: Some(server),
+                    pool: Some(pool),
+                    timing,
+                    answered: true,
+                    retries: retried,
+                    termination: *b"--",
+                };
             }
             Err(e) => e,
         };
@@ -475,11 +637,11 @@ async fn forward(
         // A client body that broke or ran over the limit is the client's fault, whatever hyper called it.
         if report.too_large.load(Ordering::Relaxed) {
             fe.stats.denied.fetch_add(1, Ordering::Relaxed);
-            return (local(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", true), None);
+            return fail(local(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", true), b"PR");
         }
         if report.broken.load(Ordering::Relaxed) {
             fe.stats.denied.fetch_add(1, Ordering::Relaxed);
-            return (local(StatusCode::BAD_REQUEST, "Bad request body\n", true), None);
+            return fail(local(StatusCode::BAD_REQUEST, "Bad request body\n", true), b"CD");
         }
         tracing::debug!(server = %server.name, error = %failure, attempts, "upstream attempt failed");
         let retry_on = |why: RetryOn, attempts: u32| {
@@ -493,7 +655,7 @@ async fn forward(
                 continue;
             }
             UpstreamError::Unsent(..) => {
-                return (local(StatusCode::BAD_GATEWAY, "Bad gateway\n", false), None);
+                return fail(local(StatusCode::BAD_GATEWAY, "Bad gateway\n", false), b"SC");
             }
             UpstreamError::Connect(req, _) => {
                 attempts += 1;
@@ -507,7 +669,7 @@ async fn forward(
                     && attempts <= pool.cfg.retries
                     && pool.cfg.retry_on.contains(&RetryOn::ConnectFailure);
                 if !may_reroute {
-                    return (local(last_failure.0, last_failure.1, false), None);
+                    return fail(local(last_failure.0, last_failure.1, false), b"SC");
                 }
                 carried = Some(Carried::Elsewhere(*req));
             }
@@ -516,22 +678,22 @@ async fn forward(
                 server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
                 last_failure = (StatusCode::BAD_GATEWAY, "Bad gateway: the server closed the connection\n");
                 if !retry_on(RetryOn::EmptyResponse, attempts) {
-                    return (local(last_failure.0, last_failure.1, false), None);
+                    return fail(local(last_failure.0, last_failure.1, false), b"SH");
                 }
             }
             UpstreamError::BadResponse(_) => {
                 server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                return (
+                return fail(
                     local(StatusCode::BAD_GATEWAY, "Bad gateway: invalid response from the server\n", false),
-                    None,
+                    b"SH",
                 );
             }
             UpstreamError::Timeout => {
                 server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                return (local(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout\n", false), None);
+                return fail(local(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout\n", false), b"sH");
             }
             UpstreamError::ClientBody(_) => {
-                return (local(StatusCode::BAD_REQUEST, "Bad request body\n", true), None);
+                return fail(local(StatusCode::BAD_REQUEST, "Bad request body\n", true), b"CD");
             }
         }
         server.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -668,7 +830,7 @@ mod tests {
     #[test]
     fn routes_match_host_and_prefix() {
         let pool =
-            Arc::new(Pool::new(crate::config::PoolConfig::new("p", "backend", 80), Default::default()));
+            Arc::new(Pool::new(crate::config::PoolConfig::new("p", "backend", 80), 1, Default::default()));
         let r = |host: Option<&str>, prefix: Option<&str>| RouteRule {
             host: host.map(str::to_string),
             path_prefix: prefix.map(str::to_string),

@@ -200,24 +200,43 @@ async fn ready(up: &mut Upstream) -> bool {
     .await
 }
 
+/// How long the parts of one exchange took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// Opening a new connection (none when a pooled one was reused).
+    pub connect: Option<Duration>,
+    /// From sending the request to the response head.
+    pub response: Duration,
+}
+
 /// Sends `req` to `server` and waits for the response head (bounded by `server_timeout`).
 pub async fn exchange(
     server: &Arc<Server>,
     req: Request<ProxyBody>,
     connect_timeout: Duration,
     server_timeout: Duration,
-) -> Result<(Response<Incoming>, Upstream), UpstreamError> {
+) -> Result<(Response<Incoming>, Upstream, Timing), UpstreamError> {
     let pooled = match server.conns.take() {
         Some(mut up) => ready(&mut up).await.then_some(up),
         None => None,
     };
+    let mut timing = Timing::default();
     let mut up = match pooled {
         Some(up) => up,
-        None => match connect(server.addr, connect_timeout).await {
-            Ok(up) => up,
-            Err(e) => return Err(UpstreamError::Connect(Box::new(req), e)),
-        },
+        None => {
+            let started = std::time::Instant::now();
+            match connect(server.addr, connect_timeout).await {
+                Ok(up) => {
+                    let took = started.elapsed();
+                    server.stats.connect_time.observe(took);
+                    timing.connect = Some(took);
+                    up
+                }
+                Err(e) => return Err(UpstreamError::Connect(Box::new(req), e)),
+            }
+        }
     };
+    let sending = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + server_timeout;
     let mut response = std::pin::pin!(up.sender.try_send_request(req));
     let (driver, closed, timer) = (&mut up.driver, &mut up.closed, &mut up.timer);
@@ -244,7 +263,11 @@ pub async fn exchange(
     .await;
     match sent {
         None => Err(UpstreamError::Timeout),
-        Some(Ok(resp)) => Ok((resp, up)),
+        Some(Ok(resp)) => {
+            timing.response = sending.elapsed();
+            server.stats.response_time.observe(timing.response);
+            Ok((resp, up, timing))
+        }
         Some(Err(mut e)) => {
             let msg = e.take_message();
             let err = e.into_error();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use shoal_balancer::PoolConfig;
+use shoal_balancer::pool::Admin;
 use shoal_gossip::MemberStatus::{Alive, Failed, Leaving, Left};
 
 fn pool() -> PoolConfig {
@@ -275,4 +276,36 @@ async fn consistent_hashing_on_a_header_pins_keys() {
             assert_eq!(&now, host, "{user} stayed on its server");
         }
     }
+}
+
+#[tokio::test]
+async fn an_operators_drain_and_weight_outlive_the_members_comings_and_goings() {
+    let h = Harness::new(pool()).await;
+    let c = client();
+    let (a1, _t1) = webapp("web-1").await;
+    let (a2, _t2) = webapp("web-2").await;
+    let both = || vec![member("web-1", a1, Alive, &[]), member("web-2", a2, Alive, &[])];
+    h.set(both());
+    h.wait_serving(2).await;
+    let pools = h.balancer.pools();
+    let p = &pools["backend"];
+    let now = std::time::Instant::now();
+    assert!(p.set_admin("web-1", Admin::Drain, now));
+    assert!(p.set_weight("web-2", 7, now));
+    assert!(!p.set_admin("web-9", Admin::Drain, now), "no such server");
+    h.wait_names(&["web-2"]).await;
+
+    // web-1 leaves, then comes back alive: still drained; web-2 fails and returns: still weight 7.
+    h.set(vec![member("web-1", a1, Left, &[]), member("web-2", a2, Failed, &[])]);
+    h.wait_serving(0).await;
+    h.set(both());
+    h.wait_names(&["web-2"]).await;
+    assert_eq!(p.server("web-1").expect("web-1 is known again").admin(), Admin::Drain);
+    assert_eq!(p.server("web-2").unwrap().weight.load(std::sync::atomic::Ordering::Relaxed), 7);
+    for _ in 0..4 {
+        assert_eq!(host_of(&get(&c, &h.url("/"), &[]).await.2), "web-2", "drained web-1 gets nothing");
+    }
+    // Ready clears it.
+    assert!(p.set_admin("web-1", Admin::Ready, std::time::Instant::now()));
+    h.wait_serving(2).await;
 }

@@ -132,14 +132,15 @@ impl<'a> Cluster<'a> {
             Design::Shoal => {
                 procs.push(spawn(
                     "shoal balancer",
-                    Command::new(&args.shoal).args(["balancer", "--node", "lb", "--log-level", "warn"]).args(
-                        [
+                    Command::new(&args.shoal)
+                        .args(["balancer", "--node", "lb", "--log-level", "warn"])
+                        .args(["--access-log", "off", "--admin-socket", "none"])
+                        .args([
                             format!("--bind={b}:{GOSSIP}"),
                             format!("--rpc-addr={b}:{RPC}"),
                             format!("--listen={b}:{FRONT}"),
                             format!("--stats={b}:{STATS}"),
-                        ],
-                    ),
+                        ]),
                 )?);
                 wait_tcp((b, STATS).into())?;
             }

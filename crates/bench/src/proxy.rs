@@ -210,6 +210,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                 "--log-level",
                 "warn",
             ])
+            // Like the HAProxy and nginx configurations here: no access log, no admin socket.
+            .args(["--access-log", "off", "--admin-socket", "none"])
             .args(["--profile", "fast"]);
         c
     };

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use shoal_agent::Agent;
+use shoal_balancer::access_log::Format;
 use shoal_balancer::{Balancer, BalancerConfig, PoolConfig};
 use shoal_rpc::{LogTap, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
@@ -11,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::BalancerArgs;
 
 /// The balancer configuration from `--config`, or from the flags.
-pub fn balancer_config(args: &BalancerArgs) -> anyhow::Result<BalancerConfig> {
+pub fn balancer_config(args: &BalancerArgs, log_json: bool) -> anyhow::Result<BalancerConfig> {
     if let Some(path) = &args.config {
         return load_file(path, args);
     }
@@ -22,24 +23,39 @@ pub fn balancer_config(args: &BalancerArgs) -> anyhow::Result<BalancerConfig> {
     pool.health.path = args.health_path.clone();
     pool.health.interval = args.health_interval;
     pool.health.enabled = !args.no_health_checks;
-    let cfg = BalancerConfig::simple(args.listen.clone(), pool, Some(args.stats));
+    let mut cfg = BalancerConfig::simple(args.listen.clone(), pool, Some(args.stats));
+    cfg.access_log = if log_json { Format::Json } else { Format::HttpLog };
+    apply_flags(&mut cfg, args);
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Stats, access log and runtime API flags: they fill in what a config file leaves unset.
+fn apply_flags(cfg: &mut BalancerConfig, args: &BalancerArgs) {
+    cfg.stats = cfg.stats.or(Some(args.stats));
+    cfg.stats_auth = cfg.stats_auth.take().or_else(|| args.stats_auth.clone());
+    cfg.stats_token = cfg.stats_token.take().or_else(|| args.stats_token.clone());
+    if let Some(format) = args.access_log {
+        cfg.access_log = format;
+    }
+    if cfg.admin.socket.is_none() && !matches!(args.admin_socket.as_str(), "" | "none") {
+        cfg.admin.socket = Some(args.admin_socket.clone().into());
+    }
+    cfg.admin.listen = cfg.admin.listen.or(args.admin_listen);
+    cfg.admin.token = cfg.admin.token.take().or_else(|| args.admin_token.clone());
 }
 
 fn load_file(path: &Path, args: &BalancerArgs) -> anyhow::Result<BalancerConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut cfg = BalancerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
-    if cfg.stats.is_none() {
-        cfg.stats = Some(args.stats);
-        cfg.validate()?;
-    }
+    apply_flags(&mut cfg, args);
+    cfg.validate().with_context(|| format!("in {} with the command-line flags", path.display()))?;
     Ok(cfg)
 }
 
 /// Runs until SIGTERM/SIGINT (drain, leave, exit 0); SIGHUP re-reads `--config`.
-pub async fn run(args: BalancerArgs, log_tap: LogTap) -> anyhow::Result<()> {
-    let bal_cfg = balancer_config(&args)?;
+pub async fn run(args: BalancerArgs, log_tap: LogTap, log_json: bool) -> anyhow::Result<()> {
+    let bal_cfg = balancer_config(&args, log_json)?;
     let mut agent_cfg = crate::agent_cmd::config(&args.agent)?;
     agent_cfg.tags.entry("role".into()).or_insert_with(|| "balancer".into());
     let handlers = agent_cfg.event_handlers.clone();
@@ -51,6 +67,7 @@ pub async fn run(args: BalancerArgs, log_tap: LogTap) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for RPC on {}", args.agent.rpc_addr))?;
     let balancer =
         Balancer::start(bal_cfg, agent.handle().members()).await.context("cannot start the balancer")?;
+    balancer.attach_agent(agent.handle());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

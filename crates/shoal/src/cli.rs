@@ -59,6 +59,67 @@ pub enum Command {
     Keys(KeysArgs),
     /// Show an agent's state and statistics.
     Info(InfoArgs),
+    /// Steer a running balancer's servers through its runtime API (drain, ready, maint, weight).
+    Server(ServerArgs),
+}
+
+/// How to reach a balancer's runtime API.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The balancer's runtime API socket.
+    #[arg(long, env = "SHOAL_ADMIN_SOCKET", default_value = "/run/shoal/admin.sock")]
+    pub socket: PathBuf,
+    /// Use the runtime API on TCP instead (HOST:PORT).
+    #[arg(long, env = "SHOAL_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Token for the runtime API on TCP.
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// Flags of `shoal server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(subcommand)]
+    pub action: ServerAction,
+}
+
+/// What to do with a server.
+#[derive(Debug, Subcommand)]
+pub enum ServerAction {
+    /// List every pool's servers with their state.
+    Show,
+    /// Stop sending new requests to a server; in-flight ones finish (kept until `ready`).
+    Drain(ServerTarget),
+    /// Take a server out of service (kept until `ready`).
+    Maint(ServerTarget),
+    /// Clear drain or maintenance.
+    Ready(ServerTarget),
+    /// Set a server's weight (0-256; kept across its restarts).
+    Weight {
+        #[command(flatten)]
+        target: ServerTarget,
+        /// The new weight.
+        weight: u32,
+    },
+    /// Send raw runtime API commands (e.g. "show info").
+    Exec {
+        /// The command line.
+        #[arg(required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+}
+
+/// A server, by name, optionally in one pool.
+#[derive(Debug, Args)]
+pub struct ServerTarget {
+    /// Server (member) name, or POOL/NAME.
+    pub name: String,
+    /// The pool, when the name is in several.
+    #[arg(long)]
+    pub pool: Option<String>,
 }
 
 /// How to reach an agent's RPC.
@@ -327,6 +388,25 @@ pub struct BalancerArgs {
     /// Address of the stats page and status endpoints.
     #[arg(long, env = "SHOAL_STATS", default_value = "0.0.0.0:1936")]
     pub stats: SocketAddr,
+    /// Require HTTP Basic credentials (USER:PASSWORD) on the stats listener (`/;up` stays open).
+    #[arg(long, env = "SHOAL_STATS_AUTH", hide_env_values = true)]
+    pub stats_auth: Option<String>,
+    /// Accept `Authorization: Bearer TOKEN` on the stats listener (alone or besides --stats-auth).
+    #[arg(long, env = "SHOAL_STATS_TOKEN", hide_env_values = true)]
+    pub stats_token: Option<String>,
+    /// Access log on stdout: httplog (HAProxy's format), json, or off [default: httplog, json with --log-json].
+    #[arg(long, env = "SHOAL_ACCESS_LOG", value_parser = parse_access_log)]
+    pub access_log: Option<shoal_balancer::access_log::Format>,
+    /// Unix socket of the runtime API (HAProxy's `show stat`, `set server`, …); "none" turns it off.
+    #[arg(long, env = "SHOAL_ADMIN_SOCKET", default_value = "/run/shoal/admin.sock")]
+    pub admin_socket: String,
+    /// Also serve the runtime API on TCP (like the reference's port 9999); needs --admin-token
+    /// unless on loopback.
+    #[arg(long, env = "SHOAL_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Token for the runtime API on TCP (`auth TOKEN` first) and for `POST /;cmd` on the stats listener.
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// TOML configuration (frontends, pools, routes, timeouts, limits); replaces the flags above.
     /// Re-read on SIGHUP.
     #[arg(long, env = "SHOAL_CONFIG")]
@@ -334,6 +414,10 @@ pub struct BalancerArgs {
     /// Worker threads for the proxy [default: one per CPU].
     #[arg(long, env = "SHOAL_THREADS")]
     pub threads: Option<usize>,
+}
+
+fn parse_access_log(s: &str) -> Result<shoal_balancer::access_log::Format, String> {
+    s.parse()
 }
 
 /// Flags of `shoal webapp`.

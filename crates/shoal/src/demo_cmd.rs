@@ -52,10 +52,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let seed = lb_agent.local_addr();
     let mut pool = PoolConfig::new("backend", "backend", 3000);
     pool.health.interval = Duration::from_secs(1);
-    let cfg = BalancerConfig::simple(vec![args.listen], pool, Some(args.stats));
+    let mut cfg = BalancerConfig::simple(vec![args.listen], pool, Some(args.stats));
+    // The demo's terminal shows server changes; the access log would drown them.
+    cfg.access_log = shoal_balancer::access_log::Format::Off;
+    let socket = std::env::temp_dir().join(format!("shoal-demo-{}.sock", std::process::id()));
+    cfg.admin.socket = Some(socket.clone());
     let balancer = Balancer::start(cfg, lb_agent.handle().members())
         .await
         .with_context(|| format!("cannot start the balancer on {}", args.listen))?;
+    balancer.attach_agent(lb_agent.handle());
     println!("balancer 'ha': gossip on {seed}");
     let mut backends = Vec::new();
     for i in 1..=args.backends {
@@ -70,7 +75,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!();
     println!("  front: http://{}/", args.listen);
-    println!("  stats: http://{}/", args.stats);
+    println!("  stats: http://{}/   (also /;csv, /;json, /metrics)", args.stats);
+    println!("  drain: shoal server --socket {} drain web-2", socket.display());
     println!();
     println!("  keys: a = add a backend, r = remove one gracefully, k = kill one, s = status, q = quit");
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

@@ -6,6 +6,7 @@ mod cli;
 mod client_cmds;
 mod demo_cmd;
 mod logging;
+mod server_cmd;
 mod webapp_cmd;
 
 use clap::Parser;
@@ -37,10 +38,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     let level = cli.log.log_level.clone().unwrap_or_else(|| "info".into());
+    let log_json = cli.log.log_json;
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Agent(args) => agent_cmd::run(*args, log_tap).await,
-            Command::Balancer(args) => balancer_cmd::run(*args, log_tap).await,
+            Command::Balancer(args) => balancer_cmd::run(*args, log_tap, log_json).await,
+            Command::Server(a) => server_cmd::run(a).await,
             Command::Webapp(args) => webapp_cmd::run(args).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Members(a) => client_cmds::members(a).await,

@@ -52,11 +52,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(pool: PoolConfig) -> Harness {
-        let cfg = BalancerConfig::simple(
+        let mut cfg = BalancerConfig::simple(
             vec!["127.0.0.1:0".parse().unwrap()],
             pool,
             Some("127.0.0.1:0".parse().unwrap()),
         );
+        cfg.access_log = shoal_balancer::access_log::Format::Off;
         Harness::with_config(cfg).await
     }
 

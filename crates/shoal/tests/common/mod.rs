@@ -26,7 +26,7 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 /// A loopback port free for both UDP and TCP (gossip needs both).
 pub fn free_port() -> u16 {
     // Spread test processes apart, then probe upwards.
-    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    let start = 20_000 + (std::process::id() % 400) as u16 * 100;
     let _ = NEXT_PORT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
     loop {
         let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
@@ -144,13 +144,14 @@ impl Serf {
     }
 }
 
-/// A `shoal SUBCOMMAND ARGS…` process, its stderr logged to the returned path.
+/// A `shoal SUBCOMMAND ARGS…` process, its stderr logged to the returned path
+/// (and its stdout, such as the access log, to the same path with `.out`).
 pub fn shoal(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, std::path::PathBuf) {
     let log = std::env::temp_dir().join(format!("shoal-test-{name}-{}.log", free_port()));
     let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(args)
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(log.with_extension("out")).expect("stdout file"))
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn shoal");
