@@ -64,6 +64,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 enum Design {
     Shoal,
     Reference,
+    Render,
 }
 
 impl Design {
@@ -71,12 +72,31 @@ impl Design {
         match self {
             Design::Shoal => "shoal balancer + shoal agents",
             Design::Reference => "haproxy 2.6 + serf 0.9.4 + reload handler",
+            Design::Render => "haproxy 2.6 + shoal agent --render (check + reload) + shoal agents",
         }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Design::Shoal => "shoal balancer",
+            Design::Reference => "reference",
+            Design::Render => "haproxy + render",
+        }
+    }
+
+    /// The pool's name on the stats CSV.
+    fn pool(self) -> &'static str {
+        if self == Design::Shoal { "backend" } else { "nodes" }
     }
 
     /// Each design gets its own 127.0.N.0/24, so ports never collide between runs.
     fn ip(self, host: u8) -> Ipv4Addr {
-        Ipv4Addr::new(127, 0, if self == Design::Shoal { 1 } else { 2 }, host)
+        let net = match self {
+            Design::Shoal => 1,
+            Design::Reference => 2,
+            Design::Render => 3,
+        };
+        Ipv4Addr::new(127, 0, net, host)
     }
 
     fn balancer(self) -> Ipv4Addr {
@@ -108,6 +128,18 @@ done
 } > "$CFG.new" && mv "$CFG.new" "$CFG"
 kill -USR2 "$HAPROXY_MASTER"
 "#;
+
+/// The reference's HAProxy configuration around its server lines.
+fn haproxy_config(b: Ipv4Addr) -> (String, String) {
+    let head = format!(
+        "global\n    maxconn 4096\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 50s\n    \
+         timeout server 50s\nfrontend fe\n    bind {b}:{FRONT}\n    default_backend nodes\nbackend nodes\n    \
+         balance roundrobin\n    option httpchk HEAD /\n    option forwardfor\n    \
+         http-request set-header X-Forwarded-Port %[dst_port]\n"
+    );
+    let tail = format!("listen stats\n    bind {b}:{STATS}\n    stats enable\n    stats uri /\n");
+    (head, tail)
+}
 
 /// One backend: the demo web app and its gossip agent.
 struct Backend {
@@ -144,14 +176,40 @@ impl<'a> Cluster<'a> {
                 )?);
                 wait_tcp((b, STATS).into())?;
             }
+            Design::Render => {
+                let (head, tail) = haproxy_config(b);
+                // The reference's template, rendered by the balancer's own agent.
+                let template = write(
+                    dir,
+                    "haproxy.cfg.hbs",
+                    &format!(
+                        "{head}    {{{{#each addresses}}}}\n    server {{{{ host }}}} {{{{ ip }}}}:3000 check\n    {{{{/each}}}}\n{tail}"
+                    ),
+                )?;
+                let cfg = dir.join("haproxy.cfg");
+                let pid = dir.join("haproxy.pid");
+                procs.push(spawn(
+                    "shoal agent --render",
+                    Command::new(&args.shoal)
+                        .args(["agent", "--node", "lb", "--tag", "role=balancer", "--log-level", "warn"])
+                        .args([format!("--bind={b}:{GOSSIP}"), format!("--rpc-addr={b}:{RPC}")])
+                        .arg(format!("--template={}:{}", template.display(), cfg.display()))
+                        .arg(format!("--check={} -c -f {{{{src}}}}", args.haproxy))
+                        .arg(format!("--command=test ! -f {0} || kill -USR2 $(cat {0})", pid.display())),
+                )?);
+                let start = Instant::now();
+                while !cfg.exists() && start.elapsed() < PATIENCE {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let haproxy = spawn(
+                    "haproxy",
+                    Command::new(&args.haproxy).arg("-W").arg("-f").arg(&cfg).arg("-p").arg(&pid),
+                )?;
+                wait_tcp((b, STATS).into())?;
+                procs.push(haproxy);
+            }
             Design::Reference => {
-                let head = format!(
-                    "global\n    maxconn 4096\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 50s\n    \
-                     timeout server 50s\nfrontend fe\n    bind {b}:{FRONT}\n    default_backend nodes\nbackend nodes\n    \
-                     balance roundrobin\n    option httpchk HEAD /\n    option forwardfor\n    \
-                     http-request set-header X-Forwarded-Port %[dst_port]\n"
-                );
-                let tail = format!("listen stats\n    bind {b}:{STATS}\n    stats enable\n    stats uri /\n");
+                let (head, tail) = haproxy_config(b);
                 let head_path = write(dir, "haproxy.head", &head)?;
                 let tail_path = write(dir, "haproxy.tail", &tail)?;
                 let cfg = write(dir, "haproxy.cfg", &format!("{head}{tail}"))?;
@@ -195,7 +253,7 @@ impl<'a> Cluster<'a> {
         wait_http((ip, APP).into())?;
         let started = Instant::now();
         let agent = match self.design {
-            Design::Shoal => spawn(
+            Design::Shoal | Design::Render => spawn(
                 format!("{name} agent"),
                 Command::new(&self.args.shoal)
                     .args(["agent", "--node", &name, "--tag", "role=backend", "--log-level", "warn"])
@@ -235,22 +293,15 @@ impl<'a> Cluster<'a> {
     /// Whether the balancer currently sends new requests to `name`, from its stats page.
     fn serving(&self, name: &str) -> bool {
         let stats = SocketAddr::from((self.design.balancer(), STATS));
-        match self.design {
-            // `  web-1   127.0.1.1:3000   UP   gossip=alive …`
-            Design::Shoal => http_get(stats, "/").is_ok_and(|(_, body)| {
-                body.lines().any(|l| {
-                    let mut f = l.split_whitespace();
-                    f.next() == Some(name) && f.nth(1) == Some("UP")
-                })
-            }),
-            // CSV: pxname, svname, … status (18th field): `UP`, `UP 1/3` (still serving), `DOWN`, …
-            Design::Reference => http_get(stats, "/;csv").is_ok_and(|(_, body)| {
-                body.lines().any(|l| {
-                    let f: Vec<&str> = l.split(',').collect();
-                    f.len() > 17 && f[0] == "nodes" && f[1] == name && f[17].starts_with("UP")
-                })
-            }),
-        }
+        // HAProxy's CSV (Shoal serves the same): pxname, svname, … status (18th field):
+        // `UP`, `UP 1/3` (still serving), `DOWN`, `DRAIN`, …
+        let pool = self.design.pool();
+        http_get(stats, "/;csv").is_ok_and(|(_, body)| {
+            body.lines().any(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                f.len() > 17 && f[0] == pool && f[1] == name && f[17].starts_with("UP")
+            })
+        })
     }
 
     fn wait_serving(&self, name: &str, want: bool) -> anyhow::Result<Instant> {
@@ -277,7 +328,7 @@ impl<'a> Cluster<'a> {
 /// default is not to leave on SIGTERM, just goes away.
 fn stop_backend(design: Design, mut b: Backend) -> anyhow::Result<()> {
     match design {
-        Design::Shoal => {
+        Design::Shoal | Design::Render => {
             b.agent.signal(Signal::SIGTERM);
             if !b.agent.wait_exit(PATIENCE) {
                 bail!("{}'s agent did not leave within {PATIENCE:?}", b.name);
@@ -520,7 +571,7 @@ fn requirements(args: &Args) -> anyhow::Result<()> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     requirements(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let designs = [Design::Shoal, Design::Reference];
+    let designs = [Design::Shoal, Design::Reference, Design::Render];
     let outcomes = designs
         .iter()
         .map(|&d| run_design(&rt, &args, d).map(|o| (d, o)))
@@ -546,7 +597,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         |v: &[Duration]| summary(v).map_or("-".into(), |s| format!("{} (max {})", ms(s.p50), ms(s.max)));
     print!("{:<44}", "");
     for (d, _) in &outcomes {
-        print!(" {:>30}", d.label().split(" + ").next().unwrap_or_default());
+        print!(" {:>30}", d.short());
     }
     println!();
     line("new backend: agent start to 1st request, p50", &|o| durations(&o.joins));
@@ -559,7 +610,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     line("requests sent in all", &|o| o.requests.to_string());
     println!();
     for (d, _) in &outcomes {
-        println!("{:<10} = {}", d.label().split(" + ").next().unwrap_or_default(), d.label());
+        println!("{:<16} = {}", d.short(), d.label());
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::procs::{spawn, wait_http, write};
+use crate::procs::{spawn, wait_http, wait_tcp, write};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -217,6 +217,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let s1 = spawn("shoal (1 thread)", &mut shoal("1", SHOAL1, 17_946))?;
     let s2 = spawn("shoal (2 threads)", &mut shoal("2", SHOAL2, 17_956))?;
+    // Both balancers listen before the backend's agent joins them (it joins whoever answers).
+    for port in [SHOAL1, SHOAL2] {
+        wait_tcp(local(port + 1000))?;
+    }
     // The backend announces itself to both balancers through gossip, as in production.
     let _agent = spawn(
         "backend agent",

@@ -51,8 +51,10 @@ pub fn config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
 /// Runs until a signal or an RPC `leave`.
 pub async fn run(args: AgentArgs, log_tap: LogTap) -> anyhow::Result<()> {
     let cfg = config(&args)?;
+    let render = crate::render_cmd::config(&args.render)?;
     let handlers = cfg.event_handlers.clone();
     let agent = Agent::start(cfg).await.context("cannot start the agent")?;
+    crate::render_cmd::spawn_with_agent(render, &agent.handle());
     let server =
         ServerConfig { auth: args.rpc_auth.clone(), event_handlers: handlers, log_tap: Some(log_tap) };
     let (_, rpc) = shoal_rpc::start(args.rpc_addr, agent.handle(), server)

@@ -56,6 +56,7 @@ fn load_file(path: &Path, args: &BalancerArgs) -> anyhow::Result<BalancerConfig>
 /// Runs until SIGTERM/SIGINT (drain, leave, exit 0); SIGHUP re-reads `--config`.
 pub async fn run(args: BalancerArgs, log_tap: LogTap, log_json: bool) -> anyhow::Result<()> {
     let bal_cfg = balancer_config(&args, log_json)?;
+    let render = crate::render_cmd::config(&args.agent.render)?;
     let mut agent_cfg = crate::agent_cmd::config(&args.agent)?;
     agent_cfg.tags.entry("role".into()).or_insert_with(|| "balancer".into());
     let handlers = agent_cfg.event_handlers.clone();
@@ -68,6 +69,7 @@ pub async fn run(args: BalancerArgs, log_tap: LogTap, log_json: bool) -> anyhow:
     let balancer =
         Balancer::start(bal_cfg, agent.handle().members()).await.context("cannot start the balancer")?;
     balancer.attach_agent(agent.handle());
+    crate::render_cmd::spawn_with_agent(render, &agent.handle());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

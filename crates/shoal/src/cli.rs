@@ -61,6 +61,67 @@ pub enum Command {
     Info(InfoArgs),
     /// Steer a running balancer's servers through its runtime API (drain, ready, maint, weight).
     Server(ServerArgs),
+    /// Render config files (HAProxy, nginx, …) from any agent's membership; check, then reload.
+    Render(RenderArgs),
+}
+
+/// Template rendering, shared by `shoal render`, `shoal agent` and `shoal balancer`.
+#[derive(Debug, Clone, Args)]
+pub struct RenderFlags {
+    /// Render the Handlebars template SRC to DEST on every membership change; repeatable.
+    #[arg(
+        long = "template",
+        visible_alias = "render",
+        value_name = "SRC:DEST",
+        env = "SHOAL_RENDER_TEMPLATES",
+        value_delimiter = ','
+    )]
+    pub templates: Vec<String>,
+    /// Run on the staged file before it replaces DEST ({{src}} is its path), e.g.
+    /// 'haproxy -c -f {{src}}'; if it fails, DEST and the service are left alone.
+    #[arg(long, env = "SHOAL_RENDER_CHECK", value_name = "CMD")]
+    pub check: Option<String>,
+    /// Run after DEST changed, e.g. 'kill -USR2 $(cat /run/haproxy.pid)'.
+    #[arg(long, env = "SHOAL_RENDER_COMMAND", value_name = "CMD")]
+    pub command: Option<String>,
+    /// Longest time for the check and the command.
+    #[arg(long, env = "SHOAL_RENDER_COMMAND_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub command_timeout: Duration,
+    /// Quiescence MIN:MAX: render once membership has been calm for MIN, at most MAX after the first change.
+    #[arg(long, env = "SHOAL_RENDER_WAIT", default_value = "100ms:1s")]
+    pub wait: shoal_render::Wait,
+    /// Permission bits of DEST, in octal [default: those of the file it replaces, or 0644].
+    #[arg(long, env = "SHOAL_RENDER_PERMS")]
+    pub perms: Option<String>,
+    /// Keep the previous DEST as DEST.bak.
+    #[arg(long, env = "SHOAL_RENDER_BACKUP")]
+    pub backup: bool,
+    /// Fail on a missing value instead of rendering it empty.
+    #[arg(long, env = "SHOAL_RENDER_STRICT")]
+    pub strict: bool,
+    /// Members with this `role` tag are the template's `addresses` and `backends`.
+    #[arg(long, env = "SHOAL_RENDER_ROLE", default_value = "backend")]
+    pub render_role: String,
+    /// The backends' service port unless a member's `port` tag says otherwise.
+    #[arg(long, env = "SHOAL_RENDER_PORT", default_value_t = 3000)]
+    pub render_port: u16,
+    /// TOML file listing templates with their own check, command, perms and backup (the flags
+    /// above add to it).
+    #[arg(long, env = "SHOAL_RENDER_CONFIG")]
+    pub render_config: Option<PathBuf>,
+}
+
+/// Flags of `shoal render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub flags: RenderFlags,
+    /// The agent whose membership to follow (Shoal's or HashiCorp Serf's RPC).
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Render once from the current membership and exit (non-zero if a template failed).
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// How to reach a balancer's runtime API.
@@ -205,6 +266,9 @@ pub struct AgentArgs {
     /// Longest time a graceful leave may take on SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "SHOAL_LEAVE_TIMEOUT", default_value_t = 15)]
     pub leave_timeout: u64,
+    /// Config files rendered from this agent's membership (as `shoal render` does).
+    #[command(flatten, next_help_heading = "Rendering templates")]
+    pub render: RenderFlags,
 }
 
 /// Parses durations such as `500ms`, `5s`, `1m`.

@@ -6,6 +6,7 @@ mod cli;
 mod client_cmds;
 mod demo_cmd;
 mod logging;
+mod render_cmd;
 mod server_cmd;
 mod webapp_cmd;
 
@@ -16,7 +17,9 @@ use crate::cli::Command;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let verbosity = match cli.command {
-        Command::Agent(_) | Command::Balancer(_) | Command::Webapp(_) => logging::Verbosity::Service,
+        Command::Agent(_) | Command::Balancer(_) | Command::Webapp(_) | Command::Render(_) => {
+            logging::Verbosity::Service
+        }
         Command::Demo(_) => logging::Verbosity::Demo,
         _ => logging::Verbosity::Client,
     };
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(args) => agent_cmd::run(*args, log_tap).await,
             Command::Balancer(args) => balancer_cmd::run(*args, log_tap, log_json).await,
             Command::Server(a) => server_cmd::run(a).await,
+            Command::Render(a) => render_cmd::run(a).await,
             Command::Webapp(args) => webapp_cmd::run(args).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Members(a) => client_cmds::members(a).await,

@@ -1,0 +1,412 @@
+//! `shoal render` driving real HAProxy (master-worker, reload by signal) and real
+//! nginx (`nginx -s reload`): under continuous load, 20 backends join and leave one
+//! by one with zero failed requests; a template edited into an invalid config is
+//! refused by the check and the proxy keeps serving its last good config; the
+//! reference stack's template renders unchanged beside a real Serf agent.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// What the load client saw.
+#[derive(Default)]
+struct Seen {
+    ok: u64,
+    failed: Vec<String>,
+    hosts: HashMap<String, u64>,
+    /// The `X-Backends` header of the last answer: how many servers the config that served it has.
+    backends: Option<usize>,
+}
+
+/// A client sending GETs on fresh connections until dropped, counting every failure.
+struct Load {
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(front: SocketAddr) -> Load {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let answer = one_get(front);
+                let mut seen = s.lock().unwrap();
+                match answer {
+                    Ok((200, host, backends)) => {
+                        seen.ok += 1;
+                        *seen.hosts.entry(host).or_default() += 1;
+                        seen.backends = backends;
+                    }
+                    // No backend in the config: the proxy answers 502/503 by design.
+                    Ok((502 | 503, _, Some(0))) => seen.backends = Some(0),
+                    Ok((status, _, _)) => seen.failed.push(format!("status {status}")),
+                    Err(e) => seen.failed.push(e),
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        });
+        Load { seen, stop, thread: Some(thread) }
+    }
+
+    fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.seen.lock().unwrap())
+    }
+
+    fn wait(&self, what: &str, mut cond: impl FnMut(&Seen) -> bool) {
+        let ok = wait_for(Duration::from_secs(20), || self.seen(&mut cond));
+        assert!(ok.is_some(), "timed out waiting until {what}");
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One GET with `Connection: close`: status, the `host` answering, and `X-Backends`.
+fn one_get(front: SocketAddr) -> Result<(u16, String, Option<usize>), String> {
+    let mut s = TcpStream::connect(front).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let status =
+        raw.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("no status in {raw:?}"))?;
+    let header = |name: &str| {
+        raw.lines().take_while(|l| !l.is_empty()).find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+        })
+    };
+    let host = raw.split("\"host\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_string();
+    Ok((status, host, header("x-backends").and_then(|v| v.parse().ok())))
+}
+
+/// A web app and its agent.
+struct Backend {
+    name: String,
+    app: Proc,
+    agent: Proc,
+}
+
+fn start_backend(name: &str, seed: SocketAddr) -> Backend {
+    let port = free_port();
+    let (app, _) = shoal(
+        &format!("{name}-app"),
+        &["webapp", &format!("--listen=127.0.0.1:{port}")],
+        &[("SERVER_NAME", name)],
+    );
+    let agent = shoal_agent(
+        name,
+        addr(free_port()),
+        &["--profile=fast", "--tag=role=backend", &format!("--tag=port={port}"), &format!("--join={seed}")],
+    );
+    Backend { name: name.into(), app, agent }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shoal-test-{name}-{}", free_port()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A proxy under test: how to template, check, reload and start it.
+struct ProxyKind {
+    name: &'static str,
+    template: fn(front: SocketAddr, dir: &Path) -> String,
+    /// A line that makes the config invalid, and where to put it (after this text).
+    poison: (&'static str, &'static str),
+    check: fn(dir: &Path) -> String,
+    reload: fn(dir: &Path, dest: &Path) -> String,
+    start: fn(dir: &Path, dest: &Path) -> Command,
+}
+
+fn haproxy() -> ProxyKind {
+    ProxyKind {
+        name: "haproxy",
+        template: |front, _| {
+            format!(
+                "global\n    maxconn 2000\n\
+                 defaults\n    mode http\n    timeout connect 1s\n    timeout client 10s\n    timeout server 10s\n    \
+                 retries 3\n    option redispatch\n    retry-on conn-failure empty-response\n\
+                 frontend fe\n    bind {front}\n    default_backend nodes\n\
+                 backend nodes\n    balance roundrobin\n    option httpchk HEAD /\n    \
+                 http-response set-header X-Backends {{{{len backends}}}}\n    \
+                 http-after-response set-header X-Backends {{{{len backends}}}}\n    \
+                 {{{{#each backends}}}}\n    server {{{{ name }}}} {{{{ addr }}}} check inter 1s\n    {{{{/each}}}}\n"
+            )
+        },
+        poison: ("backend nodes\n", "    this-is-not-a-keyword\n"),
+        check: |_| "haproxy -c -f {{src}}".into(),
+        // The first render comes before HAProxy runs: nothing to reload then.
+        reload: |dir, _| {
+            format!("test ! -f {0}/haproxy.pid || kill -USR2 $(cat {0}/haproxy.pid)", dir.display())
+        },
+        start: |dir, dest| {
+            let mut c = Command::new("haproxy");
+            c.args(["-W", "-db", "-f"]).arg(dest).arg("-p").arg(dir.join("haproxy.pid"));
+            c
+        },
+    }
+}
+
+fn nginx() -> ProxyKind {
+    ProxyKind {
+        name: "nginx",
+        template: |front, dir| {
+            let d = dir.display();
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\ndaemon off;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+                 fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+                 upstream app {{\n{{{{#each backends}}}}    server {{{{ addr }}}};\n{{{{else}}}}    server 127.0.0.1:9 down;\n{{{{/each}}}}  }}\n  \
+                 server {{\n    listen {front};\n    add_header X-Backends {{{{len backends}}}} always;\n    \
+                 location / {{ proxy_pass http://app; proxy_next_upstream error timeout; }}\n  }}\n}}\n"
+            )
+        },
+        poison: ("http {\n", "  this_is_not_a_directive on;\n"),
+        check: |dir| {
+            format!("nginx -t -q -p {} -e {}/check.log -c {{{{src}}}}", dir.display(), dir.display())
+        },
+        reload: |dir, dest| {
+            format!(
+                "test ! -f {0}/nginx.pid || nginx -p {0} -e {0}/error.log -c {1} -s reload",
+                dir.display(),
+                dest.display()
+            )
+        },
+        start: |dir, dest| {
+            let mut c = Command::new("nginx");
+            c.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(dest);
+            c
+        },
+    }
+}
+
+const BACKENDS: usize = 20;
+
+/// The whole scenario against one proxy.
+fn joins_and_leaves_under_load(kind: ProxyKind) {
+    let dir = temp_dir(kind.name);
+    let front = addr(free_port());
+    let template = dir.join("proxy.cfg.hbs");
+    let dest = dir.join("proxy.cfg");
+    let text = (kind.template)(front, &dir);
+    std::fs::write(&template, &text).unwrap();
+    let seed = addr(free_port());
+    let rpc = addr(free_port());
+    // The cluster's first agent; `shoal render` follows it over RPC, as it would follow Serf.
+    let _seed_agent = shoal_agent("lb", seed, &["--profile=fast", "--rpc-addr", &rpc.to_string()]);
+    assert!(wait_for(Duration::from_secs(10), || TcpStream::connect(rpc).is_ok()).is_some());
+    let (_render, render_log) = shoal(
+        &format!("render-{}", kind.name),
+        &[
+            "render",
+            &format!("--rpc-addr={rpc}"),
+            &format!("--template={}:{}", template.display(), dest.display()),
+            &format!("--check={}", (kind.check)(&dir)),
+            &format!("--command={}", (kind.reload)(&dir, &dest)),
+            "--wait=50ms:500ms",
+        ],
+        &[],
+    );
+    assert!(wait_for(Duration::from_secs(10), || dest.exists()).is_some(), "first render");
+    let proxy =
+        (kind.start)(&dir, &dest).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("proxy starts");
+    let _proxy = Proc { child: proxy, name: kind.name.into() };
+    assert!(
+        wait_for(Duration::from_secs(10), || TcpStream::connect(front).is_ok()).is_some(),
+        "{} listens",
+        kind.name
+    );
+    let load = Load::start(front);
+
+    // Join one by one: each is routed to before the next starts.
+    let mut backends = Vec::new();
+    for i in 1..=BACKENDS {
+        let b = start_backend(&format!("web-{i}"), seed);
+        load.wait(&format!("{} is routed to", b.name), |s| s.hosts.contains_key(&b.name));
+        backends.push(b);
+    }
+    assert_eq!(load.seen(|s| s.backends), Some(BACKENDS));
+
+    // A template edited into an invalid config: refused by the check, the proxy keeps serving.
+    let good = std::fs::read_to_string(&dest).unwrap();
+    let (after, line) = kind.poison;
+    std::fs::write(&template, text.replacen(after, &format!("{after}{line}"), 1)).unwrap();
+    let extra = start_backend("web-extra", seed);
+    let refused = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&render_log).unwrap_or_default().contains("check refused the new file")
+    });
+    assert!(refused.is_some(), "the check refused the bad config");
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), good, "the destination keeps the last good config");
+    let before = load.seen(|s| s.ok);
+    load.wait("the proxy keeps serving on its last good config", |s| s.ok > before + 20);
+    assert!(!load.seen(|s| s.hosts.contains_key("web-extra")), "the refused change never went live");
+    // Fixed template: the next change (web-extra leaving) renders and reloads again.
+    std::fs::write(&template, &text).unwrap();
+    extra.agent.signal("TERM");
+    load.wait("the fixed config is live", |s| s.backends == Some(BACKENDS));
+    drop(extra);
+
+    // Leave one by one: the agent leaves, the proxy's new config drops it, then the app stops.
+    while let Some(mut b) = backends.pop() {
+        b.agent.signal("TERM");
+        let left = backends.len();
+        load.wait(&format!("{} is out of the config", b.name), |s| {
+            s.backends == Some(left) || (left == 0 && s.backends == Some(0))
+        });
+        b.app.signal("TERM");
+        let _ = b.app.wait_exit(Duration::from_secs(10));
+    }
+
+    let (ok, failed) = load.seen(|s| (s.ok, s.failed.clone()));
+    drop(load);
+    eprintln!("{}: {ok} requests answered, {} failed", kind.name, failed.len());
+    assert!(ok > 500, "the load ran throughout: {ok}");
+    assert!(
+        failed.is_empty(),
+        "{} failed requests during joins and leaves: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    let log = std::fs::read_to_string(&render_log).unwrap_or_default();
+    assert!(log.contains("rendered; command ran"), "{log}");
+}
+
+#[test]
+fn haproxy_reloads_through_render_with_zero_failed_requests() {
+    joins_and_leaves_under_load(haproxy());
+}
+
+#[test]
+fn nginx_reloads_through_render_with_zero_failed_requests() {
+    joins_and_leaves_under_load(nginx());
+}
+
+/// The reference stack's HAProxy config with its server block templated, as the lab had it.
+const REFERENCE_TEMPLATE: &str = "global
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5000ms
+    timeout client 50000ms
+    timeout server 50000ms
+
+frontend localnodes
+    bind *:80
+    mode http
+    default_backend nodes
+
+backend nodes
+    mode http
+    balance roundrobin
+    option forwardfor
+    http-request set-header X-Forwarded-Port %[dst_port]
+    option httpchk HEAD / HTTP/1.1\\r\\nHost:localhost
+    {{#each addresses}}
+    server {{ host }} {{ ip }}:3000 check
+    {{/each}}
+
+listen stats
+    bind *:1936
+    mode http
+    stats enable
+    stats uri /
+    stats hide-version
+";
+
+#[test]
+fn the_reference_template_renders_unchanged_beside_real_serf_and_haproxy_accepts_it() {
+    if !require("serf") {
+        return;
+    }
+    let dir = temp_dir("reference");
+    let template = dir.join("haproxy.cfg.hbs");
+    let dest = dir.join("haproxy.cfg");
+    std::fs::write(&template, REFERENCE_TEMPLATE).unwrap();
+    // A real Serf agent, with a Shoal backend and a Serf backend in its cluster.
+    let serf = Serf::start("ha", &["-tag", "role=balancer"]);
+    let _s1 = shoal_agent("s1", addr(free_port()), &["--tag=role=backend", &format!("--join={}", serf.bind)]);
+    let s2 = Serf::start("s2", &["-tag", "role=backend", "-join", &serf.bind.to_string()]);
+    assert!(wait_for(Duration::from_secs(15), || serf.members().len() == 3).is_some(), "three members");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["render", "--once", &format!("--rpc-addr={}", serf.rpc)])
+        .arg(format!("--template={}:{}", template.display(), dest.display()))
+        .arg("--check=haproxy -c -q -f {{src}}")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg = std::fs::read_to_string(&dest).unwrap();
+    let servers: Vec<&str> = cfg.lines().filter(|l| l.trim_start().starts_with("server ")).collect();
+    assert_eq!(
+        servers,
+        ["    server s1 127.0.0.1:3000 check", "    server s2 127.0.0.1:3000 check"],
+        "{cfg}"
+    );
+    let check = Command::new("haproxy").args(["-c", "-f"]).arg(&dest).output().unwrap();
+    assert!(check.status.success(), "HAProxy accepts it: {}", String::from_utf8_lossy(&check.stderr));
+
+    // Unchanged output: nothing is written (the file is not even touched).
+    let before = std::fs::metadata(&dest).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let again = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["render", "--once", &format!("--rpc-addr={}", serf.rpc)])
+        .arg(format!("--template={}:{}", template.display(), dest.display()))
+        .arg(format!("--command=touch {}/ran", dir.display()))
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(!dir.join("ran").exists(), "no command when nothing changed");
+    assert_eq!(std::fs::metadata(&dest).unwrap().modified().unwrap(), before);
+    drop(s2);
+}
+
+/// A config file bind-mounted into a container cannot be renamed over (EBUSY): it is
+/// rewritten in place, so the process reading the mount sees the new content.
+#[test]
+fn a_bind_mounted_destination_is_rewritten_in_place() {
+    let dir = temp_dir("bind");
+    let (template, host_file, mounted) = (dir.join("t.hbs"), dir.join("host.cfg"), dir.join("mounted.cfg"));
+    std::fs::write(&template, "{{#each members}}{{name}} {{/each}}").unwrap();
+    std::fs::write(&host_file, "old\n").unwrap();
+    std::fs::write(&mounted, "").unwrap();
+    let (seed, rpc) = (addr(free_port()), addr(free_port()));
+    let _agent = shoal_agent("solo", seed, &["--rpc-addr", &rpc.to_string()]);
+    assert!(wait_for(Duration::from_secs(10), || TcpStream::connect(rpc).is_ok()).is_some());
+    // In a private mount namespace: `mounted.cfg` is `host.cfg`, bind-mounted like `docker run -v`.
+    let script = format!(
+        "mount --bind {host} {mounted} && {shoal} render --once --rpc-addr={rpc} --template={t}:{mounted}",
+        host = host_file.display(),
+        mounted = mounted.display(),
+        shoal = env!("CARGO_BIN_EXE_shoal"),
+        t = template.display(),
+    );
+    let out =
+        Command::new("unshare").args(["--mount", "--", "sh", "-c", &script]).output().expect("unshare runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "solo ", "written through the bind mount");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 3, "no staged file left: {leftovers:?}");
+}
