@@ -248,6 +248,24 @@ impl AgentHandle {
     }
 }
 
+/// Binds UDP and TCP on the same port. With port 0, the port UDP got may be taken on TCP by
+/// someone else: then another port is tried.
+async fn bind_gossip(addr: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), AgentError> {
+    let mut attempts = 0;
+    loop {
+        let udp =
+            UdpSocket::bind(addr).await.map_err(|source| AgentError::Bind { what: "UDP", addr, source })?;
+        let bound = udp.local_addr().map_err(|source| AgentError::Bind { what: "UDP", addr, source })?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempts < 10 => {
+                attempts += 1;
+            }
+            Err(source) => return Err(AgentError::Bind { what: "TCP", addr: bound, source }),
+        }
+    }
+}
+
 /// Resolves join targets now; returns the addresses and the errors.
 pub async fn resolve(targets: &[JoinTarget]) -> (Vec<SocketAddr>, Vec<String>) {
     let mut addrs = Vec::new();
@@ -300,18 +318,7 @@ impl Agent {
             }
             None => (None, crate::snapshot::Previous::default()),
         };
-        let udp = UdpSocket::bind(cfg.bind).await.map_err(|source| AgentError::Bind {
-            what: "UDP",
-            addr: cfg.bind,
-            source,
-        })?;
-        let bound =
-            udp.local_addr().map_err(|source| AgentError::Bind { what: "UDP", addr: cfg.bind, source })?;
-        let tcp = TcpListener::bind(bound).await.map_err(|source| AgentError::Bind {
-            what: "TCP",
-            addr: bound,
-            source,
-        })?;
+        let (udp, tcp, bound) = bind_gossip(cfg.bind).await?;
         let advertise = advertise_addr(bound, cfg.advertise)?;
 
         let mut gc = Config::new(name.clone(), advertise, cfg.profile);

@@ -63,6 +63,35 @@ pub enum Command {
     Server(ServerArgs),
     /// Render config files (HAProxy, nginx, …) from any agent's membership; check, then reload.
     Render(RenderArgs),
+    /// Be a container's PID 1: run init scripts, supervise services, stop them in order.
+    Init(InitArgs),
+}
+
+/// Flags of `shoal init` (s6-overlay's layout by default).
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Scripts run once, in name order, before the services.
+    #[arg(long, env = "SHOAL_INIT_CONT_INIT_DIR", default_value = "/etc/cont-init.d")]
+    pub cont_init_dir: PathBuf,
+    /// One folder per service with an executable `run` (optional `finish`, `down`, `stop-order`).
+    #[arg(long, env = "SHOAL_INIT_SERVICES_DIR", default_value = "/etc/services.d")]
+    pub services_dir: PathBuf,
+    /// Scripts run once, in name order, after the services stopped.
+    #[arg(long, env = "SHOAL_INIT_CONT_FINISH_DIR", default_value = "/etc/cont-finish.d")]
+    pub cont_finish_dir: PathBuf,
+    /// Time each stop-order group gets after SIGTERM before SIGKILL.
+    #[arg(long, env = "SHOAL_INIT_GRACE", value_parser = parse_duration, default_value = "10s")]
+    pub grace: Duration,
+    /// Least time between two starts of a service (never below 1s).
+    #[arg(long, env = "SHOAL_INIT_RESTART_DELAY", value_parser = parse_duration, default_value = "1s")]
+    pub restart_delay: Duration,
+    /// Stop the container with exit code 1 when a service fails this many times in a row
+    /// (each run shorter than 10 s); 0 restarts forever.
+    #[arg(long, env = "SHOAL_INIT_MAX_FAILURES", default_value_t = 0)]
+    pub max_failures: u32,
+    /// The main command (after `--`): its exit ends the container with its exit code.
+    #[arg(last = true)]
+    pub main: Vec<String>,
 }
 
 /// Template rendering, shared by `shoal render`, `shoal agent` and `shoal balancer`.

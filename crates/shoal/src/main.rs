@@ -17,9 +17,11 @@ use crate::cli::Command;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let verbosity = match cli.command {
-        Command::Agent(_) | Command::Balancer(_) | Command::Webapp(_) | Command::Render(_) => {
-            logging::Verbosity::Service
-        }
+        Command::Agent(_)
+        | Command::Balancer(_)
+        | Command::Webapp(_)
+        | Command::Render(_)
+        | Command::Init(_) => logging::Verbosity::Service,
         Command::Demo(_) => logging::Verbosity::Demo,
         _ => logging::Verbosity::Client,
     };
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Command::Balancer(args) => balancer_cmd::run(*args, log_tap, log_json).await,
             Command::Server(a) => server_cmd::run(a).await,
             Command::Render(a) => render_cmd::run(a).await,
+            Command::Init(a) => init_cmd(a).await,
             Command::Webapp(args) => webapp_cmd::run(args).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Members(a) => client_cmds::members(a).await,
@@ -69,4 +72,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `shoal init`: runs until the container should stop, then exits with its code.
+async fn init_cmd(a: cli::InitArgs) -> anyhow::Result<()> {
+    let cfg = shoal_init::InitConfig {
+        cont_init_dir: a.cont_init_dir,
+        services_dir: a.services_dir,
+        cont_finish_dir: a.cont_finish_dir,
+        grace: a.grace,
+        restart_delay: a.restart_delay,
+        on_failure: match a.max_failures {
+            0 => shoal_init::OnFailure::Restart,
+            n => shoal_init::OnFailure::StopAfter(n),
+        },
+        main: a.main,
+    };
+    let code = shoal_init::run(cfg).await?;
+    std::process::exit(code);
 }

@@ -99,6 +99,22 @@ fn one_get(front: SocketAddr) -> Result<(u16, String, Option<usize>), String> {
     Ok((status, host, header("x-backends").and_then(|v| v.parse().ok())))
 }
 
+/// How many processes have `pid` as their parent.
+fn children_of(pid: u32) -> usize {
+    let parent = |p: &str| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+                .filter(|e| e.file_name().to_str().and_then(parent) == Some(pid))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// A web app and its agent.
 struct Backend {
     name: String,
@@ -231,7 +247,7 @@ fn joins_and_leaves_under_load(kind: ProxyKind) {
     assert!(wait_for(Duration::from_secs(10), || dest.exists()).is_some(), "first render");
     let proxy =
         (kind.start)(&dir, &dest).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("proxy starts");
-    let _proxy = Proc { child: proxy, name: kind.name.into() };
+    let proxy = Proc { child: proxy, name: kind.name.into() };
     assert!(
         wait_for(Duration::from_secs(10), || TcpStream::connect(front).is_ok()).is_some(),
         "{} listens",
@@ -271,9 +287,11 @@ fn joins_and_leaves_under_load(kind: ProxyKind) {
     while let Some(mut b) = backends.pop() {
         b.agent.signal("TERM");
         let left = backends.len();
-        load.wait(&format!("{} is out of the config", b.name), |s| {
-            s.backends == Some(left) || (left == 0 && s.backends == Some(0))
-        });
+        load.wait(&format!("{} is out of the config", b.name), |s| s.backends == Some(left));
+        // Old workers may still accept connections until the reload completes: wait for them
+        // to finish and exit, as an operator (or a stop hook) would before stopping the app.
+        let one_worker = wait_for(Duration::from_secs(20), || children_of(proxy.child.id()) == 1);
+        assert!(one_worker.is_some(), "{}'s old workers exited", kind.name);
         b.app.signal("TERM");
         let _ = b.app.wait_exit(Duration::from_secs(10));
     }

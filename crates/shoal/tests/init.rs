@@ -1,0 +1,261 @@
+//! `shoal init` as a container's PID 1 would run it (here as a child subreaper):
+//! init scripts, supervision and restarts, `finish` and `down`, stop order, grace
+//! and SIGKILL, signal forwarding, zombie reaping, the main command's exit code.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A container layout in a temp folder: cont-init.d, services.d, cont-finish.d.
+struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    fn new(name: &str) -> Layout {
+        let root = std::env::temp_dir().join(format!("shoal-test-init-{name}-{}", free_port()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["cont-init.d", "services.d", "cont-finish.d"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        Layout { root }
+    }
+
+    fn script(&self, path: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = self.root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn file(&self, path: &str, body: &str) {
+        std::fs::write(self.root.join(path), body).unwrap();
+    }
+
+    /// The shared event log services write to.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("events")).unwrap_or_default()
+    }
+
+    fn events(&self) -> PathBuf {
+        self.root.join("events")
+    }
+
+    fn start(&self, extra: &[&str]) -> (Proc, PathBuf) {
+        let out = self.root.join("stdout");
+        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("init")
+            .arg(format!("--cont-init-dir={}", self.root.join("cont-init.d").display()))
+            .arg(format!("--services-dir={}", self.root.join("services.d").display()))
+            .arg(format!("--cont-finish-dir={}", self.root.join("cont-finish.d").display()))
+            .args(extra)
+            .env("EVENTS", self.events())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(self.root.join("stderr")).unwrap())
+            .spawn()
+            .expect("shoal init starts");
+        (Proc { child, name: "init".into() }, out)
+    }
+
+    fn wait_log(&self, what: &str) {
+        let ok = wait_for(Duration::from_secs(15), || self.log().contains(what));
+        assert!(ok.is_some(), "waited for {what:?}; events:\n{}\nstderr:\n{}", self.log(), self.stderr());
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.root.join("stderr")).unwrap_or_default()
+    }
+}
+
+fn lines_with(text: &str, what: &str) -> usize {
+    text.lines().filter(|l| l.contains(what)).count()
+}
+
+#[test]
+fn services_run_after_init_scripts_restart_a_second_apart_and_obey_finish_and_down() {
+    let l = Layout::new("supervise");
+    l.script("cont-init.d/10-first", "echo init-1 >> $EVENTS");
+    l.script("cont-init.d/20-second", "echo init-2 >> $EVENTS");
+    // Exits at once every time: restarted no faster than once a second.
+    l.script(
+        "services.d/flaky/run",
+        "echo \"flaky start $(date +%s%N)\" >> $EVENTS; echo hello from flaky; exit 3",
+    );
+    l.script("services.d/flaky/finish", "echo \"flaky finish $1 $2\" >> $EVENTS");
+    // Its finish says 125 after the second run: down for good.
+    l.script("services.d/once/run", "echo once start >> $EVENTS; exit 0");
+    l.script(
+        "services.d/once/finish",
+        "n=$(grep -c 'once start' $EVENTS); [ \"$n\" -ge 2 ] && { echo once done >> $EVENTS; exit 125; }; exit 0",
+    );
+    l.script("services.d/sleeper/run", "echo sleeper start >> $EVENTS; exec sleep 1000");
+    l.script("services.d/disabled/run", "echo disabled start >> $EVENTS; exec sleep 1000");
+    l.file("services.d/disabled/down", "");
+    let (mut init, stdout) = l.start(&[]);
+
+    l.wait_log("flaky finish 3 0");
+    l.wait_log("once done");
+    let log = l.log();
+    assert!(log.starts_with("init-1\ninit-2\n"), "init scripts first, in order:\n{log}");
+    let ok = wait_for(Duration::from_secs(10), || lines_with(&l.log(), "flaky start") >= 3);
+    assert!(ok.is_some(), "flaky restarted:\n{}", l.log());
+    let starts: Vec<u128> =
+        l.log().lines().filter_map(|x| x.strip_prefix("flaky start ")?.parse().ok()).collect();
+    for pair in starts.windows(2) {
+        assert!(pair[1] - pair[0] >= 950_000_000, "restarts at least a second apart: {starts:?}");
+    }
+    // `once` ran twice, then its finish said 125: it stays down.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lines_with(&l.log(), "once start"), 2, "{}", l.log());
+    assert_eq!(lines_with(&l.log(), "disabled start"), 0, "a `down` service is not started");
+    assert_eq!(lines_with(&l.log(), "sleeper start"), 1, "a running service is left alone");
+    let out = std::fs::read_to_string(&stdout).unwrap();
+    assert!(
+        out.lines().any(|x| x == "[flaky] hello from flaky"),
+        "output prefixed with the service's name:\n{out}"
+    );
+
+    // A service killed by a signal: its finish gets 256 and the signal.
+    let sleeper_pid = pid_of("sleep 1000", init.pid());
+    let _ = Command::new("kill").arg("-KILL").arg(sleeper_pid.to_string()).status();
+    l.wait_log("sleeper start\n");
+    init.signal("TERM");
+    assert_eq!(init.wait_exit(Duration::from_secs(20)), Some(0), "SIGTERM: an orderly stop, exit 0");
+}
+
+/// The pid of a process whose command line contains `needle`, descended from `ancestor`.
+fn pid_of(needle: &str, ancestor: u32) -> u32 {
+    let found = wait_for(Duration::from_secs(10), || find_descendant(needle, ancestor).is_some());
+    assert!(found.is_some(), "no {needle:?} under {ancestor}");
+    find_descendant(needle, ancestor).unwrap()
+}
+
+fn find_descendant(needle: &str, ancestor: u32) -> Option<u32> {
+    let ppid = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(
+        |&pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if !cmd.contains(needle) {
+                return false;
+            }
+            let mut p = pid;
+            for _ in 0..10 {
+                match ppid(p) {
+                    Some(pp) if pp == ancestor => return true,
+                    Some(pp) if pp > 1 => p = pp,
+                    _ => return false,
+                }
+            }
+            false
+        },
+    )
+}
+
+/// Zombie children of `pid`.
+fn zombies_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                let rest: Vec<&str> =
+                    s.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
+                rest.first() == Some(&"Z") && rest.get(1) == Some(&pid.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_agent_stops_before_the_app_and_stubborn_services_are_killed_after_the_grace() {
+    let l = Layout::new("order");
+    // Stop order 0: the agent takes 500 ms to leave.
+    l.script(
+        "services.d/agent/run",
+        "trap 'echo agent term >> $EVENTS; sleep 0.5; echo agent left >> $EVENTS; exit 0' TERM; echo agent up >> $EVENTS; while :; do sleep 0.05; done",
+    );
+    // Stop order 1: the app, which must not be told before the agent is gone.
+    l.script(
+        "services.d/app/run",
+        "trap 'echo app term >> $EVENTS; exit 0' TERM; echo app up >> $EVENTS; while :; do sleep 0.05; done",
+    );
+    l.file("services.d/app/stop-order", "1\n");
+    // Stop order 2: ignores SIGTERM; SIGKILL after the grace.
+    l.script(
+        "services.d/stubborn/run",
+        "trap '' TERM; echo stubborn up >> $EVENTS; while :; do sleep 0.05; done",
+    );
+    l.file("services.d/stubborn/stop-order", "2");
+    l.script("cont-finish.d/done", "echo finished >> $EVENTS");
+    let (mut init, _) = l.start(&["--grace=1s"]);
+    for s in ["agent up", "app up", "stubborn up"] {
+        l.wait_log(s);
+    }
+
+    let t = Instant::now();
+    init.signal("TERM");
+    assert_eq!(init.wait_exit(Duration::from_secs(20)), Some(0));
+    let took = t.elapsed();
+    let log = l.log();
+    let at = |what: &str| log.find(what).unwrap_or_else(|| panic!("no {what:?} in\n{log}"));
+    assert!(at("agent left") < at("app term"), "the app is stopped only after the agent left:\n{log}");
+    assert!(at("app term") < at("finished"), "cont-finish.d runs last:\n{log}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(10),
+        "grace then SIGKILL: {took:?}"
+    );
+    assert!(l.stderr().contains("still running after the grace time"), "{}", l.stderr());
+}
+
+#[test]
+fn orphans_are_reaped_and_the_main_commands_exit_code_is_the_containers() {
+    let l = Layout::new("main");
+    // Each run leaves an orphan that exits soon after: re-parented to init, which must reap it.
+    l.script("services.d/forker/run", "sh -c 'sleep 0.2 &' ; echo forked >> $EVENTS; exec sleep 1000");
+    let (mut init, _) = l.start(&["--", "sh", "-c", "sleep 1.5; exit 7"]);
+    l.wait_log("forked");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(zombies_of(init.pid()), Vec::<u32>::new(), "no zombie left under init");
+    assert_eq!(init.wait_exit(Duration::from_secs(20)), Some(7), "the main command's exit code");
+}
+
+#[test]
+fn a_service_that_keeps_failing_stops_the_container_when_asked_to() {
+    let l = Layout::new("failing");
+    l.script("services.d/broken/run", "echo broken try >> $EVENTS; exit 1");
+    let (mut init, _) = l.start(&["--max-failures=3"]);
+    assert_eq!(init.wait_exit(Duration::from_secs(20)), Some(1), "{}", l.stderr());
+    assert_eq!(lines_with(&l.log(), "broken try"), 3);
+}
+
+#[test]
+fn signals_other_than_term_and_int_are_forwarded_to_services_and_the_main_command() {
+    let l = Layout::new("forward");
+    l.script(
+        "services.d/hup/run",
+        "trap 'echo service got HUP >> $EVENTS' HUP USR1; echo hup up >> $EVENTS; while :; do sleep 0.05; done",
+    );
+    let main = format!(
+        "trap 'echo main got HUP >> {0}' HUP; trap 'echo main got USR1 >> {0}' USR1; echo main up >> {0}; while :; do sleep 0.05; done",
+        l.events().display()
+    );
+    let (mut init, _) = l.start(&["--", "sh", "-c", &main]);
+    l.wait_log("hup up");
+    l.wait_log("main up");
+    init.signal("HUP");
+    l.wait_log("service got HUP");
+    init.signal("USR1");
+    l.wait_log("main got USR1");
+    init.signal("INT");
+    assert_eq!(init.wait_exit(Duration::from_secs(20)), Some(0), "SIGINT: an orderly stop");
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the `shoal:dev` image offline: FROM scratch, the static `shoal` binary, Debian's static
+# busybox for /bin/sh (service scripts and event handlers need a shell), and the services folders
+# of both roles. `ROLE=balancer` or `ROLE=backend` (the default) picks what `shoal init` runs.
+#
+#   docker/build-image.sh            # tags shoal:dev
+#   docker/build-image.sh shoal:test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TAG=${1:-shoal:dev}
+
+if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed"; then
+    echo "==> installing busybox-static" >&2
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
+fi
+
+echo "==> building the static shoal binary" >&2
+BIN=$(scripts/build-static.sh)
+
+ctx=$(mktemp -d)
+trap 'rm -rf "$ctx"' EXIT
+root="$ctx/rootfs"
+mkdir -p "$root"/{bin,usr/bin,etc/shoal,tmp,run/shoal,var/lib/shoal}
+chmod 1777 "$root/tmp"
+cp "$BIN" "$root/usr/bin/shoal"
+cp /bin/busybox "$root/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done
+cp -r docker/roles "$root/etc/shoal/roles"
+# Names for the processes' users (`ps`, logs); nothing here logs in.
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+
+cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/bin:/bin ROLE=backend
+EXPOSE 80 1936 3000 7946/tcp 7946/udp
+STOPSIGNAL SIGTERM
+# PID 1 is `shoal init` (sh only picks the role's services folder, then execs it).
+ENTRYPOINT ["/bin/sh", "-c", "exec /usr/bin/shoal init --services-dir \"/etc/shoal/roles/$ROLE/services.d\" -- \"$@\"", "init"]
+DOCKERFILE
+
+echo "==> docker build -t $TAG" >&2
+docker build -q -t "$TAG" "$ctx" >/dev/null
+size=$(docker image inspect -f '{{.Size}}' "$TAG")
+echo "==> $TAG: $((size / 1024 / 1024)) MiB ($size bytes)" >&2
