@@ -18,7 +18,10 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "==> tests (unit, simulation, interop with real Serf)"
+echo "==> the shoal:dev image (for the Docker lab test)"
+docker/build-image.sh shoal:dev
+
+echo "==> tests (unit, simulation, interop with real Serf, HAProxy, nginx, Docker)"
 cargo nextest run --workspace --no-fail-fast
 
 echo "==> doc tests"

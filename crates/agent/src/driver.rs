@@ -379,6 +379,7 @@ impl Agent {
             max_stream,
             core_events: core_events_tx,
             snapshot,
+            unsent: 0,
         };
         tasks.push(tokio::spawn(driver.run(cmd_rx, stream_rx)));
         tasks.push(tokio::spawn(accept_loop(tcp, stream_tx, tcp_timeout, max_stream)));
@@ -461,6 +462,8 @@ struct Driver {
     max_stream: usize,
     core_events: mpsc::UnboundedSender<Event>,
     snapshot: Option<Snapshot>,
+    /// Datagrams dropped because the socket's send buffer was full.
+    unsent: u64,
 }
 
 impl Driver {
@@ -558,11 +561,17 @@ impl Driver {
         let mut membership_changed = false;
         while let Some(out) = self.gossip.poll_output() {
             match out {
-                Output::Packet { to, data } => {
-                    if let Err(e) = self.udp.send_to(&data, to).await {
-                        tracing::debug!(%to, error = %e, "UDP send failed");
+                // Never wait for the socket: datagrams to a host whose address does not resolve
+                // (ARP) stay queued against the send buffer for seconds, and a loop waiting
+                // for room would stop reading acks from everyone else. UDP may drop; we do.
+                Output::Packet { to, data } => match self.udp.try_send_to(&data, to) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.unsent += 1;
+                        tracing::debug!(%to, unsent = self.unsent, "UDP send buffer full: datagram dropped");
                     }
-                }
+                    Err(e) => tracing::debug!(%to, error = %e, "UDP send failed"),
+                },
                 Output::Stream(req) => {
                     tokio::spawn(outbound_stream(req, self.stream_tx.clone(), self.max_stream));
                 }
