@@ -102,28 +102,12 @@ impl Lab {
         Instant::now()
     }
 
-    /// Server rows of the balancer's stats CSV: name → status.
-    fn pool(&self) -> HashMap<String, String> {
-        let Ok(mut s) = TcpStream::connect(self.stats) else { return HashMap::new() };
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        let _ = s.write_all(b"GET /;csv HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n");
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
-        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (f.len() > 17 && f[0] == "backend" && f[1] != "BACKEND")
-                    .then(|| (f[1].to_string(), f[17].to_string()))
-            })
-            .collect()
+    fn up(&self) -> Vec<String> {
+        up(self.stats)
     }
 
-    fn up(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.pool().into_iter().filter(|(_, s)| s == "UP").map(|(n, _)| n).collect();
-        v.sort();
-        v
+    fn pool(&self) -> HashMap<String, String> {
+        pool(self.stats)
     }
 
     fn wait_up(&self, want: &[&str], within: Duration) -> Duration {
@@ -138,6 +122,31 @@ impl Lab {
         out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
             .unwrap_or_default()
     }
+}
+
+/// Server rows of a balancer's stats CSV: name → status.
+fn pool(stats: SocketAddr) -> HashMap<String, String> {
+    let Ok(mut s) = TcpStream::connect(stats) else { return HashMap::new() };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = s.write_all(b"GET /;csv HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() > 17 && f[0] == "backend" && f[1] != "BACKEND")
+                .then(|| (f[1].to_string(), f[17].to_string()))
+        })
+        .collect()
+}
+
+/// The servers UP, sorted.
+fn up(stats: SocketAddr) -> Vec<String> {
+    let mut v: Vec<String> = pool(stats).into_iter().filter(|(_, s)| s == "UP").map(|(n, _)| n).collect();
+    v.sort();
+    v
 }
 
 impl Drop for Lab {
@@ -400,4 +409,46 @@ fn sticky_views(front: SocketAddr) -> Vec<(String, u64)> {
         ));
     }
     out
+}
+
+/// `compose.yaml` as a user runs it: `up --scale web=3`, the pool follows; scaled down to 1,
+/// the others leave. The project (containers, network) is taken down at the end, also on failure.
+#[test]
+fn compose_scales_the_web_service_and_the_pool_follows() {
+    if !require("docker-compose") {
+        return;
+    }
+    let project = format!("shoal-compose-{}", std::process::id());
+    let (front, stats) = (addr(free_port()), addr(free_port()));
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../compose.yaml");
+    let compose = |args: &[&str]| {
+        let out = Command::new("docker-compose")
+            .args(["-p", &project, "-f", file])
+            .args(args)
+            .env("HA_PORT", front.port().to_string())
+            .env("STATS_PORT", stats.port().to_string())
+            .output()
+            .expect("docker-compose runs");
+        assert!(
+            out.status.success(),
+            "docker-compose {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    struct Down<'a>(&'a dyn Fn(&[&str]));
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
+        }
+    }
+    let _down = Down(&compose);
+    compose(&["up", "-d", "--scale", "web=3"]);
+    let up_count = |n: usize| wait_for(Duration::from_secs(30), || up(stats).len() == n).is_some();
+    assert!(up_count(3), "three web containers UP: {:?}", pool(stats));
+    let served: std::collections::HashSet<String> =
+        (0..9).filter_map(|_| request(front, Method::Get).ok().map(|(_, h)| h)).collect();
+    assert_eq!(served.len(), 3, "requests reach all three: {served:?}");
+    compose(&["up", "-d", "--scale", "web=1"]);
+    assert!(up_count(1), "scaled down to one: {:?}", pool(stats));
 }
