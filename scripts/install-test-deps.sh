@@ -3,7 +3,7 @@
 # HashiCorp Serf) and cargo tools. Safe to run on every CI run: it only installs what is missing.
 set -euo pipefail
 
-APT_PACKAGES=(serf haproxy socat chromium prometheus-haproxy-exporter)
+APT_PACKAGES=(serf haproxy nginx-light socat chromium prometheus-haproxy-exporter)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -176,7 +176,7 @@ pub fn advertise_addr(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result
 }
 
 /// First private IPv4 on an interface that is up (RFC 1918 or RFC 6598), else any non-loopback one.
-fn first_private_ipv4() -> Option<Ipv4Addr> {
+pub(crate) fn first_private_ipv4() -> Option<Ipv4Addr> {
     let addrs: Vec<Ipv4Addr> = nix::ifaddrs::getifaddrs()
         .ok()?
         .filter(|ifa| ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))

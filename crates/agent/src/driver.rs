@@ -380,6 +380,8 @@ impl Agent {
             core_events: core_events_tx,
             snapshot,
             unsent: 0,
+            auto_advertise: (cfg.advertise.is_none() && bound.ip().is_unspecified())
+                .then_some(advertise.port()),
         };
         tasks.push(tokio::spawn(driver.run(cmd_rx, stream_rx)));
         tasks.push(tokio::spawn(accept_loop(tcp, stream_tx, tcp_timeout, max_stream)));
@@ -464,12 +466,15 @@ struct Driver {
     snapshot: Option<Snapshot>,
     /// Datagrams dropped because the socket's send buffer was full.
     unsent: u64,
+    /// With an automatically chosen address: its port, to follow the host's IP when it changes.
+    auto_advertise: Option<u16>,
 }
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut streams: mpsc::Receiver<StreamMsg>) {
         let mut buf = vec![0u8; 65_536];
         let mut snapshot_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut address_tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             let deadline =
                 self.gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -490,6 +495,12 @@ impl Driver {
                     None => return,
                 },
                 () = tokio::time::sleep_until(deadline.into()) => self.gossip.handle_timeout(Instant::now()),
+                _ = address_tick.tick(), if self.auto_advertise.is_some() => {
+                    // A container reconnected to its network may come back with another IP.
+                    if let (Some(port), Some(ip)) = (self.auto_advertise, crate::config::first_private_ipv4()) {
+                        self.gossip.set_advertise(Instant::now(), SocketAddr::new(ip.into(), port));
+                    }
+                }
                 _ = snapshot_tick.tick(), if self.snapshot.is_some() => {
                     if let Some(s) = self.snapshot.as_mut() {
                         s.clock(self.gossip.clocks().0);

@@ -678,6 +678,30 @@ impl Gossip {
         Ok(())
     }
 
+    /// Our address changed (a container moved to another network, or got a new IP): announce
+    /// it with a new incarnation. Peers that still hold the old address take the new one once
+    /// they have declared us dead (after `dead_node_reclaim_time`), which an address that no
+    /// longer answers brings about by itself.
+    pub fn set_advertise(&mut self, now: Instant, addr: SocketAddr) {
+        if addr == self.advertise {
+            return;
+        }
+        tracing::warn!(old = %self.advertise, new = %addr, "our address changed: announcing the new one");
+        self.advertise = addr;
+        if let Some(&i) = self.index.get(&self.name) {
+            self.nodes[i].addr = addr;
+        }
+        self.incarnation += 1;
+        let alive = crate::swim::AliveInfo {
+            incarnation: self.incarnation,
+            name: self.name.clone(),
+            addr,
+            meta: Arc::from(crate::serf::encode_tags(&self.tags)),
+            versions: Some(VERSIONS),
+        };
+        self.alive_node(now, alive, None, true);
+    }
+
     /// Removes a failed member now instead of waiting for the reconnect timeout
     /// (`force-leave`); with `prune` it is forgotten at once.
     pub fn force_leave(&mut self, now: Instant, node: &str, prune: bool) {

@@ -211,6 +211,17 @@ impl Sim {
         self.service(i);
     }
 
+    /// Moves `i` to another address (a container reconnected with a new IP): the old one
+    /// stops answering, and the member is told its new address.
+    pub fn readdress(&mut self, i: usize, new: SocketAddr) {
+        let old = self.nodes[i].addr;
+        self.by_addr.remove(&old);
+        self.by_addr.insert(new, i);
+        self.nodes[i].addr = new;
+        self.nodes[i].config.advertise = new;
+        self.with(i, |g, now| g.set_advertise(now, new));
+    }
+
     /// Whether `i` is running.
     pub fn is_up(&self, i: usize) -> bool {
         self.nodes[i].gossip.is_some()

@@ -290,3 +290,19 @@ fn lifeguard_blames_the_isolated_node_not_the_healthy_ones() {
     assert!(sim.gossip(10).health_score() > 0, "the isolated node lowers its own health");
     sim.heal();
 }
+
+#[test]
+fn a_member_whose_address_changes_is_found_at_the_new_one() {
+    let mut sim = cluster(11, Profile::Fast, 5);
+    sim.run_until(50 * MS, 10 * S, Sim::converged).expect("converges");
+    let new: std::net::SocketAddr = "10.99.0.3:7946".parse().unwrap();
+    sim.readdress(3, new);
+    let at_new = |s: &Sim| {
+        (0..5).filter(|&i| i != 3).all(|i| {
+            s.gossip(i).member("node-3").is_some_and(|m| m.addr == new && m.status == MemberStatus::Alive)
+        })
+    };
+    let t = sim.run_until(50 * MS, 60 * S, at_new).expect("everyone finds node-3 at its new address");
+    eprintln!("address change picked up by all in {t:?}");
+    assert!(t <= 30 * S, "took {t:?}");
+}
