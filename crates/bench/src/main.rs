@@ -8,9 +8,12 @@
 //! * `proxy`: wrk through Shoal, HAProxy and nginx; RSS with 10 000 idle connections.
 //! * `failover`: joins, kill -9 and graceful stops under load — Shoal next to
 //!   HAProxy reloaded by a Serf event handler (the reference design).
+//! * `chaos`: the Docker lab under load while web containers are stopped, killed,
+//!   paused, disconnected, added and removed at random.
 //!
 //! Run through the scripts in `bench/`, which build in release mode first.
 
+mod chaos;
 mod failover;
 mod gossip;
 mod procs;
@@ -37,6 +40,8 @@ enum Command {
     Proxy(proxy::Args),
     /// Failover under load: joins, kill -9, graceful stops — Shoal vs HAProxy reloaded by Serf.
     Failover(failover::Args),
+    /// Chaos in Docker: random stop/kill/pause/disconnect/scale under load; failures and detection.
+    Chaos(chaos::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Scale(a) => scale::run(a),
         Command::Proxy(a) => proxy::run(a),
         Command::Failover(a) => failover::run(a),
+        Command::Chaos(a) => chaos::run(a),
     }
 }
