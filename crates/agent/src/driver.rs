@@ -572,14 +572,19 @@ impl Driver {
         let mut membership_changed = false;
         while let Some(out) = self.gossip.poll_output() {
             match out {
-                // Never wait for the socket: datagrams to a host whose address does not resolve
-                // (ARP) stay queued against the send buffer for seconds, and a loop waiting
-                // for room would stop reading acks from everyone else. UDP may drop; we do.
+                // Wait for room in the send buffer only briefly: datagrams to a host whose
+                // address does not resolve (ARP) can hold it for seconds, and the loop must go
+                // on reading acks from everyone else. UDP may drop; after 50 ms, we do.
                 Output::Packet { to, data } => match self.udp.try_send_to(&data, to) {
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        self.unsent += 1;
-                        tracing::debug!(%to, unsent = self.unsent, "UDP send buffer full: datagram dropped");
+                        let sent =
+                            tokio::time::timeout(Duration::from_millis(50), self.udp.send_to(&data, to))
+                                .await;
+                        if !matches!(sent, Ok(Ok(_))) {
+                            self.unsent += 1;
+                            tracing::debug!(%to, unsent = self.unsent, "UDP send buffer full: datagram dropped");
+                        }
                     }
                     Err(e) => tracing::debug!(%to, error = %e, "UDP send failed"),
                 },

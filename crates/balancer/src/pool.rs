@@ -237,6 +237,9 @@ pub struct Server {
     up_since: AtomicU64,
     /// Forgotten by the pool (left or failed).
     pub(crate) removed: AtomicBool,
+    /// Declared failed by gossip: requests waiting on it give up (see [`Server::failed`]).
+    failed: AtomicBool,
+    failed_notify: tokio::sync::Notify,
     /// The last active check.
     pub last_check: std::sync::Mutex<Option<CheckResult>>,
     /// Whether it was serving at the last rebuild.
@@ -278,6 +281,8 @@ impl Server {
             consecutive_5xx: AtomicU32::new(0),
             up_since: AtomicU64::new(0),
             removed: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            failed_notify: tokio::sync::Notify::new(),
             last_check: std::sync::Mutex::new(None),
             serving: AtomicBool::new(false),
             last_change_ms: AtomicU64::new(now.saturating_duration_since(epoch).as_millis() as u64),
@@ -335,6 +340,18 @@ impl Server {
 
     fn ms(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Resolves once gossip declares the server failed (at once if it already has): a request
+    /// waiting for its answer stops waiting for a host that is gone.
+    pub async fn failed(&self) {
+        let notified = self.failed_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
     }
 
     /// Gossip status.
@@ -737,7 +754,11 @@ impl Pool {
                 s.removed.store(true, Ordering::Relaxed);
                 let why = match membership.get(&name).map(|m| m.status) {
                     Some(MemberStatus::Left) => "left",
-                    Some(MemberStatus::Failed) => "failed",
+                    Some(MemberStatus::Failed) => {
+                        s.failed.store(true, Ordering::SeqCst);
+                        s.failed_notify.notify_waiters();
+                        "failed"
+                    }
                     _ => "no longer selected",
                 };
                 changes.push(Change::Removed(s, why));

@@ -673,7 +673,9 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
                 }
                 carried = Some(Carried::Elsewhere(*req));
             }
-            UpstreamError::NoResponse(_) => {
+            // A server declared failed mid-request is treated like one that closed the connection:
+            // idempotent requests go elsewhere.
+            UpstreamError::NoResponse(_) | UpstreamError::ServerFailed => {
                 attempts += 1;
                 server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
                 last_failure = (StatusCode::BAD_GATEWAY, "Bad gateway: the server closed the connection\n");

@@ -157,6 +157,8 @@ pub enum UpstreamError {
     BadResponse(hyper::Error),
     /// The server took too long.
     Timeout,
+    /// Gossip declared the server failed while the request waited for its answer.
+    ServerFailed,
     /// The client's request body failed (malformed chunk, too large, client gone).
     ClientBody(hyper::Error),
 }
@@ -169,6 +171,9 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::NoResponse(e) => write!(f, "connection closed before the response: {e}"),
             UpstreamError::BadResponse(e) => write!(f, "invalid response: {e}"),
             UpstreamError::Timeout => f.write_str("server timeout"),
+            UpstreamError::ServerFailed => {
+                f.write_str("the server was declared failed while the request waited")
+            }
             UpstreamError::ClientBody(e) => write!(f, "client request body: {e}"),
         }
     }
@@ -239,14 +244,18 @@ pub async fn exchange(
     let sending = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + server_timeout;
     let mut response = std::pin::pin!(up.sender.try_send_request(req));
+    let mut gone = std::pin::pin!(server.failed());
     let (driver, closed, timer) = (&mut up.driver, &mut up.closed, &mut up.timer);
     let sent = std::future::poll_fn(|cx| {
+        if gone.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(None));
+        }
         // Drive the connection first: it writes the request and reads the answer.
         if !*closed && driver.as_mut().poll(cx).is_ready() {
             *closed = true;
         }
         if let Poll::Ready(r) = response.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
+            return Poll::Ready(Some(Some(r)));
         }
         // Lazy timer: re-armed only when it fires before this request's deadline.
         if timer.deadline() > deadline {
@@ -263,12 +272,13 @@ pub async fn exchange(
     .await;
     match sent {
         None => Err(UpstreamError::Timeout),
-        Some(Ok(resp)) => {
+        Some(None) => Err(UpstreamError::ServerFailed),
+        Some(Some(Ok(resp))) => {
             timing.response = sending.elapsed();
             server.stats.response_time.observe(timing.response);
             Ok((resp, up, timing))
         }
-        Some(Err(mut e)) => {
+        Some(Some(Err(mut e))) => {
             let msg = e.take_message();
             let err = e.into_error();
             if let Some(req) = msg {

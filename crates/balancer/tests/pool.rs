@@ -309,3 +309,53 @@ async fn an_operators_drain_and_weight_outlive_the_members_comings_and_goings() 
     assert!(p.set_admin("web-1", Admin::Ready, std::time::Instant::now()));
     h.wait_serving(2).await;
 }
+
+#[tokio::test]
+async fn a_get_waiting_on_a_server_declared_failed_goes_elsewhere() {
+    let mut cfg = pool();
+    cfg.health.enabled = false;
+    let h = Harness::new(cfg).await;
+    let (a1, _t1) = webapp("web-1").await;
+    // web-2 accepts and reads requests but never answers (a paused or frozen host).
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a2 = hung.local_addr().unwrap();
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+    let _hung = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut s, _)) = hung.accept().await else { return };
+            let mut buf = [0u8; 4096];
+            if tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap_or(0) > 0 {
+                let _ = got_tx.send(());
+            }
+            held.push(s);
+        }
+    });
+    h.set(vec![member("web-1", a1, Alive, &[]), member("web-2", a2, Alive, &[])]);
+    h.wait_serving(2).await;
+    let c = client();
+    let url = h.url("/");
+    // Round-robin: one of the first two GETs is sent to the frozen web-2 and waits there.
+    let pending = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let first = get(&c, &url, &[]).await;
+            let second = get(&c, &url, &[]).await;
+            (first, second)
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(5), got_rx.recv()).await.expect("web-2 got a request");
+    let declared = std::time::Instant::now();
+    h.set(vec![member("web-1", a1, Alive, &[]), member("web-2", a2, Failed, &[])]);
+    let (first, second) = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the waiting GET is answered without waiting for the server timeout")
+        .unwrap();
+    assert_eq!((first.0.as_u16(), second.0.as_u16()), (200, 200));
+    assert_eq!((host_of(&first.2), host_of(&second.2)), ("web-1".into(), "web-1".into()));
+    assert!(
+        declared.elapsed() < Duration::from_secs(2),
+        "answered {:?} after the failure",
+        declared.elapsed()
+    );
+}

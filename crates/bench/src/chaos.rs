@@ -78,7 +78,8 @@ impl Lab {
         raw.lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split(',').collect();
-                (f.len() > 17 && f[0] == "backend" && f[1] != "BACKEND" && f[17] == "UP").then(|| f[1].to_string())
+                (f.len() > 17 && f[0] == "backend" && f[1] != "BACKEND" && f[17] == "UP")
+                    .then(|| f[1].to_string())
             })
             .collect()
     }
@@ -109,12 +110,15 @@ struct Sample {
 
 fn request(front: SocketAddr, method: Method) -> Option<String> {
     let attempt = || -> Result<u16, String> {
-        let mut s = TcpStream::connect_timeout(&front, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+        let mut s = TcpStream::connect_timeout(&front, Duration::from_secs(5))
+            .map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(15))).ok();
         let req = match method {
             Method::Get => "GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
             Method::Head => "HEAD / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
-            Method::Post => "POST /delay HTTP/1.1\r\nHost: c\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"delay\":0}",
+            Method::Post => {
+                "POST /delay HTTP/1.1\r\nHost: c\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"delay\":0}"
+            }
         };
         s.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
         let mut raw = String::new();
@@ -150,7 +154,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         front: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         stats: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
     };
-    let (fp, sp) = (format!("127.0.0.1:{}:80", lab.front.port()), format!("127.0.0.1:{}:1936", lab.stats.port()));
+    let (fp, sp) =
+        (format!("127.0.0.1:{}:80", lab.front.port()), format!("127.0.0.1:{}:1936", lab.stats.port()));
     lab.run("ha", &["--network-alias", "ha", "-e", "ROLE=balancer", "-p", &fp, "-p", &sp])?;
     let mut next = 1;
     let mut webs: Vec<String> = Vec::new();
@@ -167,7 +172,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("== lab up: ha + {} web containers; chaos for {} s (seed {})", webs.len(), args.duration, args.seed);
+    eprintln!(
+        "== lab up: ha + {} web containers; chaos for {} s (seed {})",
+        webs.len(),
+        args.duration,
+        args.seed
+    );
 
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -181,7 +191,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let method = methods[i % 3];
                 i += 1;
                 let failure = request(front, method);
-                samples.lock().unwrap_or_else(|e| e.into_inner()).push(Sample { at: Instant::now(), method, failure });
+                samples.lock().unwrap_or_else(|e| e.into_inner()).push(Sample {
+                    at: Instant::now(),
+                    method,
+                    failure,
+                });
                 std::thread::sleep(Duration::from_millis(10));
             }
         }));
@@ -252,7 +266,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             lab.run(&short, &[])?;
             webs.push(short);
         }
-        eprintln!("  {:>6.1}s {action:?} {subject} ({} web containers)", start.elapsed().as_secs_f64(), webs.len());
+        eprintln!(
+            "  {:>6.1}s {action:?} {subject} ({} web containers)",
+            start.elapsed().as_secs_f64(),
+            webs.len()
+        );
         actions.push((t, Instant::now() + Duration::from_secs(2), action, subject));
     }
     stop.store(true, Ordering::Relaxed);
@@ -274,7 +292,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let graceful_failed = failed.iter().filter(|s| in_window(s, &[Action::Stop, Action::ScaleDown])).count();
     let failed_gets = failed.iter().filter(|s| s.method == Method::Get).count();
     println!();
-    println!("chaos: {} s, seed {}, {} actions; 2 clients, GET/HEAD/POST /delay in turn, a new connection each", args.duration, args.seed, actions.len());
+    println!(
+        "chaos: {} s, seed {}, {} actions; 2 clients, GET/HEAD/POST /delay in turn, a new connection each",
+        args.duration,
+        args.seed,
+        actions.len()
+    );
     let count = |a: Action| actions.iter().filter(|(_, _, x, _)| *x == a).count();
     println!(
         "actions: stop {}, kill {}, pause {}, disconnect {}, scale up {}, scale down {}",
