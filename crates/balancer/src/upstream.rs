@@ -243,11 +243,24 @@ pub async fn exchange(
     };
     let sending = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + server_timeout;
+    let req_method = req.method().clone();
     let mut response = std::pin::pin!(up.sender.try_send_request(req));
+    // An idempotent request stops waiting when gossip declares the server failed (it will be
+    // retried elsewhere); any other keeps waiting: the host may be frozen, not gone, and would
+    // still answer — sending it elsewhere could run it twice, and a 502 would cost it for nothing.
+    let idempotent = matches!(
+        req_method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    );
     let mut gone = std::pin::pin!(server.failed());
     let (driver, closed, timer) = (&mut up.driver, &mut up.closed, &mut up.timer);
     let sent = std::future::poll_fn(|cx| {
-        if gone.as_mut().poll(cx).is_ready() {
+        if idempotent && gone.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(None));
         }
         // Drive the connection first: it writes the request and reads the answer.
