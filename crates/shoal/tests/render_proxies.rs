@@ -247,7 +247,7 @@ fn joins_and_leaves_under_load(kind: ProxyKind) {
     assert!(wait_for(Duration::from_secs(10), || dest.exists()).is_some(), "first render");
     let proxy =
         (kind.start)(&dir, &dest).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("proxy starts");
-    let proxy = Proc { child: proxy, name: kind.name.into() };
+    let mut proxy = Proc { child: proxy, name: kind.name.into() };
     assert!(
         wait_for(Duration::from_secs(10), || TcpStream::connect(front).is_ok()).is_some(),
         "{} listens",
@@ -298,6 +298,9 @@ fn joins_and_leaves_under_load(kind: ProxyKind) {
 
     let (ok, failed) = load.seen(|s| (s.ok, s.failed.clone()));
     drop(load);
+    // A graceful stop: the master waits for its workers (a SIGKILLed nginx master leaves them behind).
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit(Duration::from_secs(10)).is_some(), "{} stops on SIGTERM", kind.name);
     eprintln!("{}: {ok} requests answered, {} failed", kind.name, failed.len());
     assert!(ok > 500, "the load ran throughout: {ok}");
     assert!(
