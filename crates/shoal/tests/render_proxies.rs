@@ -262,7 +262,8 @@ fn joins_and_leaves_under_load(kind: ProxyKind) {
         load.wait(&format!("{} is routed to", b.name), |s| s.hosts.contains_key(&b.name));
         backends.push(b);
     }
-    assert_eq!(load.seen(|s| s.backends), Some(BACKENDS));
+    // web-20 may have been seen through a new worker while an old one still answers with 19.
+    load.wait("every backend is in the live config", |s| s.backends == Some(BACKENDS));
 
     // A template edited into an invalid config: refused by the check, the proxy keeps serving.
     let good = std::fs::read_to_string(&dest).unwrap();
