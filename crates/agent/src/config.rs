@@ -189,7 +189,8 @@ pub(crate) fn first_private_ipv4() -> Option<Ipv4Addr> {
 
 /// Loads the keyring: `--keyring-file` if it exists, else `--encrypt`.
 ///
-/// A fresh `--keyring-file` is created from `--encrypt`, so later rotations persist.
+/// A fresh `--keyring-file` is created from `--encrypt`, so later rotations persist; once it
+/// exists it wins over `--encrypt`, whose key may have been rotated away since.
 pub fn load_keys(encrypt: Option<&str>, keyring_file: Option<&Path>) -> Result<Vec<Vec<u8>>, ConfigError> {
     let from_flag = encrypt.map(decode_key).transpose()?;
     let Some(path) = keyring_file else { return Ok(from_flag.into_iter().collect()) };
@@ -205,10 +206,15 @@ pub fn load_keys(encrypt: Option<&str>, keyring_file: Option<&Path>) -> Result<V
                 .iter()
                 .map(|k| decode_key(k).map_err(|e| err(e.to_string())))
                 .collect::<Result<Vec<_>, _>>()?;
+            // The file holds the rotated keys; a container restarted with its original
+            // `--encrypt` must come back with them, so the file wins (as Consul does).
             if let Some(k) = from_flag
                 && !keys.contains(&k)
             {
-                return Err(err("--encrypt names a key that is not in the keyring file".into()));
+                tracing::warn!(
+                    path = %path.display(),
+                    "--encrypt names a key that is not in the keyring file (rotated since?); using the file"
+                );
             }
             Ok(keys)
         }
@@ -278,8 +284,9 @@ mod tests {
         let keys = load_keys(Some(key), Some(&path)).unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(load_keys(None, Some(&path)).unwrap(), keys);
+        // After a rotation the file's keys win over the original flag.
         let other = "AAAAAAAAAAAAAAAAAAAAAA==";
-        assert!(load_keys(Some(other), Some(&path)).is_err());
+        assert_eq!(load_keys(Some(other), Some(&path)).unwrap(), keys);
         std::fs::write(&path, "not json").unwrap();
         assert!(load_keys(None, Some(&path)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
