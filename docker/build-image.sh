@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the `shoal:dev` image offline: FROM scratch, the static `shoal` binary, Debian's static
 # busybox for /bin/sh (service scripts and event handlers need a shell), and the services folders
-# of both roles. `ROLE=balancer` or `ROLE=backend` (the default) picks what `shoal init` runs.
+# of both roles, run as `nobody` (uid 65534). `ROLE=balancer` or `ROLE=backend` (the default)
+# picks what `shoal init` runs.
 #
 #   docker/build-image.sh            # tags shoal:dev
 #   docker/build-image.sh shoal:test
@@ -22,7 +23,7 @@ BIN=$(scripts/build-static.sh)
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 root="$ctx/rootfs"
-mkdir -p "$root"/{bin,usr/bin,etc/shoal,tmp,run/shoal,var/lib/shoal}
+mkdir -p "$root"/{bin,usr/bin,etc/shoal,tmp} "$ctx/empty"
 chmod 1777 "$root/tmp"
 cp "$BIN" "$root/usr/bin/shoal"
 cp /bin/busybox "$root/bin/busybox"
@@ -37,6 +38,13 @@ printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 cat > "$ctx/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY rootfs/ /
+# The only places Shoal writes (snapshot, keyring, admin socket), owned by the user it runs as;
+# everything else can be mounted read-only (`docker run --read-only --tmpfs /run/shoal`).
+COPY --chown=65534:65534 empty/ /var/lib/shoal/
+COPY --chown=65534:65534 empty/ /run/shoal/
+# Not root: ports below 1024 are open to any user inside a container's own network namespace
+# (Docker sets net.ipv4.ip_unprivileged_port_start=0), so the balancer binds 80 as `nobody`.
+USER 65534:65534
 ENV PATH=/usr/bin:/bin ROLE=backend
 EXPOSE 80 1936 3000 7946/tcp 7946/udp
 STOPSIGNAL SIGTERM

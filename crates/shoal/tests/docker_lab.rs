@@ -17,6 +17,20 @@ use common::*;
 
 const IMAGE: &str = "shoal:dev";
 
+/// How the README runs the containers: read-only root, only the state folder and the admin
+/// socket's folder writable, no capabilities, no privilege gain (the image runs as `nobody`).
+const LOCKED_DOWN: [&str; 9] = [
+    "--read-only",
+    "--tmpfs",
+    "/run/shoal",
+    "-v",
+    "/var/lib/shoal",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+];
+
 /// Runs `docker ARGS`, returning stdout; panics with stderr on failure.
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().expect("docker runs");
@@ -52,11 +66,14 @@ impl Lab {
 
     /// Starts `ha`: the balancer, on the published front and stats ports.
     fn start_ha(&self) -> String {
-        let id = docker(&[
+        let (front, stats) =
+            (format!("127.0.0.1:{}:80", self.front.port()), format!("127.0.0.1:{}:1936", self.stats.port()));
+        let name = self.name("ha");
+        let mut args = vec![
             "run",
             "-d",
             "--name",
-            &self.name("ha"),
+            &name,
             "--hostname",
             "ha",
             "--network",
@@ -72,22 +89,25 @@ impl Lab {
             "-e",
             "SHOAL_ACCESS_LOG=off",
             "-p",
-            &format!("127.0.0.1:{}:80", self.front.port()),
+            &front,
             "-p",
-            &format!("127.0.0.1:{}:1936", self.stats.port()),
-            IMAGE,
-        ]);
+            &stats,
+        ];
+        args.extend(LOCKED_DOWN);
+        args.push(IMAGE);
+        let id = docker(&args);
         self.containers.lock().unwrap().push(id.clone());
         id
     }
 
     /// Starts web container `short` (app + agent joining `ha`).
     fn start_web(&self, short: &str) -> Instant {
-        let id = docker(&[
+        let name = self.name(short);
+        let mut args = vec![
             "run",
             "-d",
             "--name",
-            &self.name(short),
+            &name,
             "--hostname",
             short,
             "--network",
@@ -96,8 +116,10 @@ impl Lab {
             "ROLE=backend",
             "-e",
             "SHOAL_PROFILE=fast",
-            IMAGE,
-        ]);
+        ];
+        args.extend(LOCKED_DOWN);
+        args.push(IMAGE);
+        let id = docker(&args);
         self.containers.lock().unwrap().push(id);
         Instant::now()
     }
@@ -157,7 +179,7 @@ impl Drop for Lab {
             }
         }
         for id in self.containers.lock().unwrap().iter() {
-            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
         }
         let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
     }
@@ -282,6 +304,15 @@ fn the_reference_lab_replayed_in_docker() {
     let hosts: Vec<String> =
         (0..6).map(|_| request(lab.front, Method::Get).map(|(_, h)| h).unwrap_or_default()).collect();
     assert!(hosts.windows(2).all(|w| w[0] != w[1] && !w[0].is_empty()), "round-robin alternates: {hosts:?}");
+    // Locked down: every process of both roles runs as `nobody`, and the root is read-only.
+    for short in ["ha", "s1"] {
+        let uids = docker(&["top", &lab.name(short), "-eo", "uid,pid,comm"]);
+        let procs: Vec<&str> = uids.lines().skip(1).collect();
+        assert!(procs.len() >= 2, "{short} runs init and its services: {uids}");
+        assert!(procs.iter().all(|l| l.trim_start().starts_with("65534 ")), "{short} runs as nobody: {uids}");
+        let write = Command::new("docker").args(["exec", &lab.name(short), "touch", "/x"]).output().unwrap();
+        assert!(!write.status.success(), "{short}'s root is read-only");
+    }
     let client = Client::start(lab.front);
 
     // 2. s3, s4: routed to within 1 s of their start.
@@ -360,7 +391,7 @@ fn the_reference_lab_replayed_in_docker() {
     // 6. A fresh lab, web containers first, then ha: all discovered.
     drop(client);
     for short in ["ha", "s1", "s4"] {
-        docker(&["rm", "-f", &lab.name(short)]);
+        docker(&["rm", "-f", "-v", &lab.name(short)]);
     }
     lab.start_web("s5");
     lab.start_web("s6");
