@@ -50,6 +50,11 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Whether it picks by consistent hashing (and so needs the hash ring).
+    pub fn hashes(&self) -> bool {
+        matches!(self, Algorithm::Source | Algorithm::Header(_) | Algorithm::Cookie(_) | Algorithm::Uri)
+    }
+
     /// The name it is configured by (HAProxy's `algo` field).
     pub fn name(&self) -> String {
         match self {

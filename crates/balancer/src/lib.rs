@@ -34,7 +34,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use shoal_agent::Membership;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -93,7 +93,7 @@ impl Drop for Listener {
 
 struct Inner {
     cfg: std::sync::Mutex<BalancerConfig>,
-    pools: ArcSwap<BTreeMap<String, Arc<Pool>>>,
+    pools: ArcSwap<Pools>,
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, Listener>>,
     frontend_stats: std::sync::Mutex<HashMap<String, Arc<FrontendStats>>>,
     changed: Arc<Notify>,
@@ -114,6 +114,9 @@ struct Inner {
     admin_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     admin_socket: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
+
+/// The pools by name, swapped as a whole on reload.
+pub type Pools = BTreeMap<String, Arc<Pool>>;
 
 /// A running balancer.
 #[derive(Clone)]
@@ -376,7 +379,7 @@ impl Balancer {
     }
 
     /// Every pool, by name.
-    pub fn pools(&self) -> Arc<BTreeMap<String, Arc<Pool>>> {
+    pub fn pools(&self) -> Arc<Pools> {
         self.inner.pools.load_full()
     }
 
@@ -442,19 +445,54 @@ impl Balancer {
         }
     }
 
+    /// Serves one client connection that did not come through a listener (an in-memory pipe,
+    /// for tests and fuzzing) exactly as an accepted plain-HTTP connection of the first
+    /// frontend is served: head and keep-alive deadlines (408), the smuggling check, header and
+    /// body limits, routing, the proxy. Returns when the connection is over.
+    pub async fn serve_connection<S>(&self, io: S, client: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(addr) = self.config().frontends.first().and_then(|f| f.listen.first().copied()) else {
+            return;
+        };
+        let found =
+            self.inner.listeners.lock().await.get(&addr).map(|l| (l.frontend.clone(), l.bound.port()));
+        let Some((frontend, local_port)) = found else { return };
+        let Ok(_permit) = self.inner.conns.clone().acquire_owned().await else { return };
+        let ctx = ConnCtx::new(frontend, client, local_port, self.inner.access_log.load_full());
+        self.inner.open_conns.fetch_add(1, Ordering::Relaxed);
+        serve_conn(io, ctx, None, &self.inner).await;
+        if self.inner.open_conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.inner.drained.notify_waiters();
+        }
+    }
+
     /// Keeps pools in line with membership, health and ejections.
     async fn control(self) {
         let mut members = self.inner.members.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What the pools were last synced with: a full sync walks every member, so it runs only
+        // when the membership or the set of pools changed; health results, ejections and the
+        // tick (slow start, ejections running out) only rebuild the views.
+        let mut synced: Option<(Arc<Membership>, Arc<Pools>)> = None;
         loop {
             let snapshot = members.borrow_and_update().clone();
+            let pools = self.inner.pools.load_full();
             let now = Instant::now();
-            for pool in self.inner.pools.load().values() {
-                for change in pool.sync(&snapshot, now) {
-                    self.on_change(pool, change);
+            let same =
+                synced.as_ref().is_some_and(|(m, p)| Arc::ptr_eq(m, &snapshot) && Arc::ptr_eq(p, &pools));
+            for pool in pools.values() {
+                if same {
+                    pool.rebuild(now);
+                } else {
+                    for change in pool.sync(&snapshot, now) {
+                        self.on_change(pool, change);
+                    }
                 }
             }
+            synced = Some((snapshot, pools));
             tokio::select! {
                 r = members.changed() => if r.is_err() { return },
                 () = self.inner.changed.notified() => {}
@@ -518,6 +556,7 @@ impl Balancer {
                 },
                 _ = stop.changed() => return,
             };
+            let _ = stream.set_nodelay(true);
             let ctx = ConnCtx::new(frontend.clone(), peer, local_port, self.inner.access_log.load_full());
             let inner = self.inner.clone();
             let tls = tls.clone();
@@ -533,8 +572,10 @@ impl Balancer {
     }
 }
 
-async fn serve_conn(stream: TcpStream, ctx: ConnCtx, tls: Option<tokio_rustls::TlsAcceptor>, inner: &Inner) {
-    let _ = stream.set_nodelay(true);
+async fn serve_conn<S>(stream: S, ctx: ConnCtx, tls: Option<tokio_rustls::TlsAcceptor>, inner: &Inner)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let fe = ctx.frontend.load_full();
     fe.stats.connections.fetch_add(1, Ordering::Relaxed);
     let open = fe.stats.current_connections.fetch_add(1, Ordering::Relaxed) + 1;

@@ -480,7 +480,24 @@ fn hash_of(bytes: &[u8]) -> u64 {
 }
 
 /// nginx's smooth weighted round-robin, unrolled into one period of picks.
+///
+/// Weights are divided by their greatest common divisor first (the period only gets shorter),
+/// and equal weights, the common case, give the plain rotation without the O(period × n) walk.
 fn smooth_sequence(weights: &[u32]) -> Vec<u32> {
+    let gcd = weights.iter().fold(0u32, |g, &w| {
+        let (mut a, mut b) = (g, w);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    });
+    if gcd == 0 {
+        return Vec::new();
+    }
+    if weights.iter().all(|&w| w == weights[0]) {
+        return (0..weights.len() as u32).collect();
+    }
+    let weights: Vec<u32> = weights.iter().map(|&w| w / gcd).collect();
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     let mut current = vec![0i64; weights.len()];
     let mut seq = Vec::with_capacity(total as usize);
@@ -499,17 +516,24 @@ fn smooth_sequence(weights: &[u32]) -> Vec<u32> {
 }
 
 impl View {
-    fn build(mut servers: Vec<Arc<Server>>, now: Instant, slow_start: Duration) -> View {
+    /// The view of `servers`; the consistent-hash ring (64 points per unit of weight, the
+    /// costly part with many servers) only when the pool's algorithm hashes.
+    fn build(mut servers: Vec<Arc<Server>>, now: Instant, slow_start: Duration, with_ring: bool) -> View {
         servers.sort_by(|a, b| a.name.cmp(&b.name));
         let weights: Vec<u32> = servers.iter().map(|s| s.effective_weight(now, slow_start)).collect();
         let rr = smooth_sequence(&weights);
         let mut ring = Vec::new();
-        for (i, s) in servers.iter().enumerate() {
-            for p in 0..weights[i] * RING_POINTS_PER_WEIGHT {
-                ring.push((hash_of(format!("{}#{p}", s.name).as_bytes()), i as u32));
+        if with_ring {
+            ring.reserve(weights.iter().map(|&w| (w * RING_POINTS_PER_WEIGHT) as usize).sum());
+            for (i, s) in servers.iter().enumerate() {
+                for p in 0..weights[i] * RING_POINTS_PER_WEIGHT {
+                    let mut h = std::hash::DefaultHasher::new();
+                    (s.name.as_bytes(), p).hash(&mut h);
+                    ring.push((h.finish(), i as u32));
+                }
             }
+            ring.sort_unstable();
         }
-        ring.sort_unstable();
         View { servers, rr, ring, next: AtomicUsize::new(0) }
     }
 
@@ -784,7 +808,8 @@ impl Pool {
             }
         }
         let ramping = eligible.iter().any(|s| s.ramping(now, self.cfg.slow_start));
-        self.view.store(Arc::new(View::build(eligible, now, self.cfg.slow_start)));
+        let with_ring = self.cfg.algorithm.hashes();
+        self.view.store(Arc::new(View::build(eligible, now, self.cfg.slow_start, with_ring)));
         ramping
     }
 
@@ -873,7 +898,7 @@ mod tests {
     #[test]
     fn round_robin_skips_excluded() {
         let now = Instant::now();
-        let v = View::build(vec![server("a", 1), server("b", 1), server("c", 1)], now, Duration::ZERO);
+        let v = View::build(vec![server("a", 1), server("b", 1), server("c", 1)], now, Duration::ZERO, true);
         let picks: Vec<String> = (0..6)
             .map(|_| v.pick(&Algorithm::RoundRobin, None, &[], now).unwrap().name.to_string())
             .collect();
@@ -888,14 +913,24 @@ mod tests {
     }
 
     #[test]
+    fn smooth_sequences_keep_their_shape_after_the_shortcuts() {
+        // Equal weights: the plain rotation; a common factor: the same interleaving.
+        assert_eq!(smooth_sequence(&[3, 3, 3]), [0, 1, 2]);
+        assert_eq!(smooth_sequence(&[10, 20]), smooth_sequence(&[1, 2]));
+        assert_eq!(smooth_sequence(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert!(smooth_sequence(&[0, 0]).is_empty());
+    }
+
+    #[test]
     fn consistent_hash_moves_only_the_lost_servers_keys() {
         let now = Instant::now();
         let names = ["a", "b", "c", "d", "e"];
-        let full = View::build(names.iter().map(|n| server(n, 1)).collect(), now, Duration::ZERO);
+        let full = View::build(names.iter().map(|n| server(n, 1)).collect(), now, Duration::ZERO, true);
         let without_c = View::build(
             names.iter().filter(|n| **n != "c").map(|n| server(n, 1)).collect(),
             now,
             Duration::ZERO,
+            true,
         );
         let algo = Algorithm::Uri;
         let mut moved = 0;
@@ -914,7 +949,7 @@ mod tests {
     #[test]
     fn least_conn_prefers_the_idle_server() {
         let now = Instant::now();
-        let v = View::build(vec![server("a", 1), server("b", 1)], now, Duration::ZERO);
+        let v = View::build(vec![server("a", 1), server("b", 1)], now, Duration::ZERO, true);
         v.servers[0].active.store(5, Ordering::Relaxed);
         for _ in 0..4 {
             assert_eq!(&*v.pick(&Algorithm::LeastConn, None, &[], now).unwrap().name, "b");
@@ -924,7 +959,7 @@ mod tests {
     #[test]
     fn random_of_two_spreads_load() {
         let now = Instant::now();
-        let v = View::build((0..4).map(|i| server(&format!("s{i}"), 1)).collect(), now, Duration::ZERO);
+        let v = View::build((0..4).map(|i| server(&format!("s{i}"), 1)).collect(), now, Duration::ZERO, true);
         let mut counts = [0; 4];
         for _ in 0..4000 {
             let s = v.pick(&Algorithm::Random2, None, &[], now).unwrap();
