@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The one command that runs every test: installs what the tests need (idempotently), checks
-# formatting and lints, runs unit, simulation, interop and doc tests, then a bounded fuzz run.
+# formatting and lints, runs unit, simulation, interop and doc tests, then a bounded chaos run
+# in Docker and a bounded fuzz run.
 #
 #   scripts/test.sh            # everything
 #   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz smoke run
+#   CHAOS_SECONDS=0 scripts/test.sh  # skip the chaos run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,11 @@ cargo nextest run --workspace --no-fail-fast
 
 echo "==> doc tests"
 cargo test --workspace --doc
+
+if [ "${CHAOS_SECONDS:-60}" != "0" ]; then
+    echo "==> chaos in Docker for ${CHAOS_SECONDS:-60} s: targets checked (bench/chaos.sh; 10 minutes by hand)"
+    bench/chaos.sh --duration "${CHAOS_SECONDS:-60}" --check
+fi
 
 if [ "${FUZZ_SECONDS:-30}" != "0" ]; then
     scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

@@ -25,7 +25,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
 
-use crate::procs::{Proc, http_get, spawn, wait_http, wait_tcp, write};
+use crate::procs::{Proc, servers_up, spawn, wait_http, wait_tcp, write};
 use crate::stats::{ms, summary};
 
 #[derive(Debug, clap::Args)]
@@ -293,15 +293,7 @@ impl<'a> Cluster<'a> {
     /// Whether the balancer currently sends new requests to `name`, from its stats page.
     fn serving(&self, name: &str) -> bool {
         let stats = SocketAddr::from((self.design.balancer(), STATS));
-        // HAProxy's CSV (Shoal serves the same): pxname, svname, … status (18th field):
-        // `UP`, `UP 1/3` (still serving), `DOWN`, `DRAIN`, …
-        let pool = self.design.pool();
-        http_get(stats, "/;csv").is_ok_and(|(_, body)| {
-            body.lines().any(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                f.len() > 17 && f[0] == pool && f[1] == name && f[17].starts_with("UP")
-            })
-        })
+        servers_up(stats, self.design.pool()).iter().any(|s| s == name)
     }
 
     fn wait_serving(&self, name: &str, want: bool) -> anyhow::Result<Instant> {

@@ -8,17 +8,22 @@
 //! * `proxy`: wrk through Shoal, HAProxy and nginx; RSS with 10 000 idle connections.
 //! * `failover`: joins, kill -9 and graceful stops under load — Shoal next to
 //!   HAProxy reloaded by a Serf event handler (the reference design).
-//! * `chaos`: the Docker lab under load while web containers are stopped, killed,
-//!   paused, disconnected, added and removed at random.
+//! * `pool`: the balancer with 1 000 backends — cost of a membership change,
+//!   memory per backend, requests through a burst of 500 joins.
+//! * `chaos`: the Docker lab (two balancers, encrypted gossip) under load while web
+//!   containers are stopped, killed, paused, disconnected, added and removed at random,
+//!   a balancer is killed and restarted and the key rotated; soak figures (RSS, fds).
 //!
 //! Run through the scripts in `bench/`, which build in release mode first.
 
 mod chaos;
 mod failover;
 mod gossip;
+mod pool;
 mod procs;
 mod proxy;
 mod scale;
+mod soak;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +45,9 @@ enum Command {
     Proxy(proxy::Args),
     /// Failover under load: joins, kill -9, graceful stops — Shoal vs HAProxy reloaded by Serf.
     Failover(failover::Args),
-    /// Chaos in Docker: random stop/kill/pause/disconnect/scale under load; failures and detection.
+    /// The balancer with 1 000 backends: membership change cost, memory, a burst of joins under load.
+    Pool(pool::Args),
+    /// Chaos in Docker: random stop/kill/pause/disconnect/scale, balancer kills and key rotation under load.
     Chaos(chaos::Args),
 }
 
@@ -53,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Scale(a) => scale::run(a),
         Command::Proxy(a) => proxy::run(a),
         Command::Failover(a) => failover::run(a),
+        Command::Pool(a) => pool::run(a),
         Command::Chaos(a) => chaos::run(a),
     }
 }

@@ -90,6 +90,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body))
 }
 
+/// The servers of `pool` a balancer's stats CSV (HAProxy's or Shoal's) shows as serving:
+/// status, the 18th field, `UP` or `UP 1/3` (still serving while checks fail).
+pub fn servers_up(stats: SocketAddr, pool: &str) -> Vec<String> {
+    let Ok((_, body)) = http_get(stats, "/;csv") else { return Vec::new() };
+    let mut up: Vec<String> = body
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() > 17 && f[0] == pool && f[1] != "BACKEND" && f[17].starts_with("UP"))
+                .then(|| f[1].to_string())
+        })
+        .collect();
+    up.sort();
+    up
+}
+
 /// Waits until `addr` answers `GET /` with 200.
 pub fn wait_http(addr: SocketAddr) -> anyhow::Result<()> {
     let start = Instant::now();
