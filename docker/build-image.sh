@@ -39,7 +39,7 @@ cat > "$ctx/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY rootfs/ /
 # The only places Shoal writes (snapshot, keyring, admin socket), owned by the user it runs as;
-# everything else can be mounted read-only (`docker run --read-only --tmpfs /run/shoal`).
+# everything else can be mounted read-only (`docker run --read-only --tmpfs /run/shoal:uid=65534,gid=65534`).
 COPY --chown=65534:65534 empty/ /var/lib/shoal/
 COPY --chown=65534:65534 empty/ /run/shoal/
 # Not root: ports below 1024 are open to any user inside a container's own network namespace

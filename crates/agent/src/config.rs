@@ -32,6 +32,14 @@ pub enum ConfigError {
         /// What went wrong.
         reason: String,
     },
+    /// The snapshot file could not be opened.
+    #[error("snapshot {path}: {reason}")]
+    Snapshot {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// No usable advertise address could be found.
     #[error("no address to advertise: bind to a specific IP or pass --advertise")]
     NoAdvertise,

@@ -310,10 +310,8 @@ impl Agent {
         let keys = load_keys(cfg.encrypt.as_deref(), cfg.keyring_file.as_deref())?;
         let (snapshot, previous) = match &cfg.snapshot {
             Some(path) => {
-                let (snap, prev) = Snapshot::open(path, cfg.rejoin).map_err(|e| ConfigError::Keyring {
-                    path: path.clone(),
-                    reason: format!("cannot open the snapshot: {e}"),
-                })?;
+                let (snap, prev) = Snapshot::open(path, cfg.rejoin)
+                    .map_err(|e| ConfigError::Snapshot { path: path.clone(), reason: e.to_string() })?;
                 (Some(snap), prev)
             }
             None => (None, crate::snapshot::Previous::default()),

@@ -237,6 +237,11 @@ impl Balancer {
         self.inner.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The connection limit in force (without cloning the whole configuration).
+    pub fn max_connections(&self) -> usize {
+        self.inner.cfg.lock().unwrap_or_else(|e| e.into_inner()).limits.max_connections
+    }
+
     /// The access log, when one is on.
     pub fn access_log(&self) -> Option<Arc<access_log::AccessLog>> {
         self.inner.access_log.load_full()

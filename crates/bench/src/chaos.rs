@@ -45,7 +45,7 @@ pub struct Args {
 const LOCKED_DOWN: [&str; 9] = [
     "--read-only",
     "--tmpfs",
-    "/run/shoal",
+    "/run/shoal:uid=65534,gid=65534",
     "-v",
     "/var/lib/shoal",
     "--cap-drop",

@@ -209,10 +209,10 @@ impl Snapshot {
     /// Collects the rows of every frontend, pool and server.
     pub fn collect(b: &Balancer) -> Snapshot {
         let now = Instant::now();
-        let cfg = b.config();
+        let max_connections = b.max_connections();
         let mut rows = Vec::new();
         for (name, fe) in b.frontend_stats() {
-            rows.push(frontend_row(&name, &fe, cfg.limits.max_connections, now));
+            rows.push(frontend_row(&name, &fe, max_connections, now));
         }
         for pool in b.pools().values() {
             let servers = pool.servers();
