@@ -3,7 +3,8 @@
 # HashiCorp Serf) and cargo tools. Safe to run on every CI run: it only installs what is missing.
 set -euo pipefail
 
-APT_PACKAGES=(serf haproxy nginx-light socat chromium prometheus-haproxy-exporter)
+# python3-yaml: crates/shoal/tests/swarm.rs parses the Kubernetes manifests with it.
+APT_PACKAGES=(serf haproxy nginx-light socat chromium prometheus-haproxy-exporter python3-yaml)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
