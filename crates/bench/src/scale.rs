@@ -4,7 +4,9 @@
 //!   `shoal_gossip::Gossip` in the simulator (0.5 ms ± 0.2 ms latency). After the
 //!   cluster has converged, one member fires a user event and we time how long
 //!   until 99.99 % of members have delivered it; steady-state traffic is the
-//!   bytes all members sent over 20 simulated seconds.
+//!   bytes all members sent over 20 simulated seconds (or one push/pull period), with
+//!   `--loss` applied; `failed` events about running members in that window are false
+//!   failures; then one member crashes and we time until every other sees it `failed`.
 //! * dissemination model (also 10 000 members, where n² member tables do not fit
 //!   in memory): each informed member piggy-backs the news to `gossip_nodes`
 //!   random members every gossip interval until it has sent it
@@ -17,7 +19,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal_gossip::broadcast::retransmit_limit;
-use shoal_gossip::{Event, Profile};
+use shoal_gossip::{Event, MemberEventKind, MemberStatus, Profile};
 use shoal_sim::Sim;
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +54,10 @@ struct Full {
     udp_per_sec: f64,
     /// Bytes one push/pull carries per member listed (both directions), for extrapolation.
     push_pull_bytes_per_entry: f64,
+    /// `failed` events about running members, all observers together, during the window.
+    false_failures: usize,
+    /// A crash until every survivor sees the member `failed`.
+    detection: Option<Duration>,
 }
 
 /// memberlist's push/pull period for `n` members (scaled up beyond 32).
@@ -79,6 +85,9 @@ fn full(n: usize, profile: Profile, loss: f64, seed: u64) -> Option<Full> {
     // Let join-time broadcasts drain so steady state is steady.
     sim.run_for(Duration::from_secs(60));
     sim.loss = loss;
+    for i in 0..n {
+        sim.record(i);
+    }
     let (bytes0, stream0, pp0) = (sim.total_bytes(), sim.total_stream_bytes(), sim.total_push_pulls());
     // One full push/pull period, so every member's anti-entropy exchange is counted once.
     let window = push_pull_period(profile, n).max(Duration::from_secs(20));
@@ -90,9 +99,19 @@ fn full(n: usize, profile: Profile, loss: f64, seed: u64) -> Option<Full> {
     let udp_per_sec = per(bytes - stream);
     let push_pull_bytes_per_entry = if pps == 0 { 0.0 } else { stream as f64 / pps as f64 / n as f64 };
 
-    for i in 0..n {
-        sim.record(i);
-    }
+    // Every `failed` event so far is false: nobody has crashed yet.
+    let failed_events = |s: &Sim| {
+        (0..s.len())
+            .map(|i| {
+                s.node(i)
+                    .events
+                    .iter()
+                    .filter(|(_, e)| matches!(e, Event::Member { kind: MemberEventKind::Failed, .. }))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let false_failures = failed_events(&sim);
     sim.with(n / 2, |g, now| g.user_event(now, "news", b"x", false)).ok()?;
     let delivered = |s: &Sim| {
         (0..s.len())
@@ -103,7 +122,13 @@ fn full(n: usize, profile: Profile, loss: f64, seed: u64) -> Option<Full> {
     };
     let converge =
         sim.run_until(Duration::from_millis(10), Duration::from_secs(60), |s| delivered(s) >= target(n))?;
-    Some(Full { converge, bytes_per_sec, udp_per_sec, push_pull_bytes_per_entry })
+    let victim = n / 3;
+    let name = format!("node-{victim}");
+    sim.crash(victim);
+    let detection = sim.run_until(Duration::from_millis(50), Duration::from_secs(120), |s| {
+        s.count_seeing(&name, MemberStatus::Failed) >= n - 1
+    });
+    Some(Full { converge, bytes_per_sec, udp_per_sec, push_pull_bytes_per_entry, false_failures, detection })
 }
 
 /// The dissemination model; returns the time until 99.99 % are informed.
@@ -187,6 +212,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s
     };
     let mut last_full: Option<Full> = None;
+    let mut detection = Vec::new();
     for n in sizes {
         let full_result = args.full.contains(&n).then(|| full(n, args.profile, args.loss, 7)).flatten();
         let model_p50 = args.model.contains(&n).then(|| {
@@ -219,9 +245,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             model_p50.flatten().map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
             traffic,
         );
+        if let Some(f) = &full_result {
+            let window = push_pull_period(args.profile, n).max(Duration::from_secs(20));
+            detection.push(format!(
+                "{n:>8}  false failures in {:.0} s at {:.0} % loss: {} (events, all observers)   crash -> failed at every member: {}",
+                window.as_secs_f64(),
+                args.loss * 100.0,
+                f.false_failures,
+                f.detection.map_or("not within 120 s".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+            ));
+        }
         if full_result.is_some() {
             last_full = full_result;
         }
+    }
+    println!();
+    for line in detection {
+        println!("{line}");
     }
     println!();
     println!(
