@@ -595,20 +595,34 @@ where
             let io = GuardedIo::new(stream, ctx.state.clone(), timeouts, false);
             run_http(io, ctx, max_header, &mut shutdown).await;
         }
+        // Boxed: a TLS session's state is kilobytes, and inline it would size every plain
+        // connection's task for it too.
         Some(acceptor) => {
-            let accepted = tokio::time::timeout(timeouts.request_headers, acceptor.accept(stream)).await;
-            match accepted {
-                Ok(Ok(tls)) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = GuardedIo::new(tls, ctx.state.clone(), timeouts, h2);
-                    run_http(io, ctx, max_header, &mut shutdown).await;
-                }
-                Ok(Err(e)) => tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %ctx.client, "TLS handshake timed out"),
-            }
+            Box::pin(serve_tls(stream, acceptor, ctx, timeouts, max_header, &mut shutdown)).await
         }
     }
     fe.stats.current_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_tls<S>(
+    stream: S,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: ConnCtx,
+    timeouts: IoTimeouts,
+    max_header: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match tokio::time::timeout(timeouts.request_headers, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = GuardedIo::new(tls, ctx.state.clone(), timeouts, h2);
+            run_http(io, ctx, max_header, shutdown).await;
+        }
+        Ok(Err(e)) => tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %ctx.client, "TLS handshake timed out"),
+    }
 }
 
 async fn run_http<T>(io: GuardedIo<T>, ctx: ConnCtx, max_header: usize, shutdown: &mut watch::Receiver<bool>)
@@ -619,7 +633,9 @@ where
     // Boxed: an idle keep-alive connection then holds a pointer, not a whole request's state.
     let svc = service_fn(move |req| Box::pin(proxy::handle(req, ctx.clone())));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).max_buf_size(max_header).keep_alive(true);
+    // Half-closed clients (`shutdown(SHUT_WR)` after the request, as `nc -N` does) still get
+    // their answer, as from HAProxy; hyper would otherwise drop the request on that EOF.
+    builder.http1().timer(TokioTimer::new()).max_buf_size(max_header).keep_alive(true).half_close(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

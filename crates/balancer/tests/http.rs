@@ -87,6 +87,32 @@ async fn slow_headers_get_408_oversized_headers_431_big_bodies_413() {
     assert_eq!(status_line(&resp), "HTTP/1.1 413 Payload Too Large", "streamed bodies are counted too");
 }
 
+/// A client may shut down its sending side once its request is out (`nc -N` does): it still
+/// gets the answer, as from HAProxy. Found by the `http_request` fuzz target, whose client does
+/// exactly that and got nothing back for most requests.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let h = echo_harness().await;
+    let cases: [(&[u8], &str); 4] = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", "HTTP/1.1 200 OK"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "HTTP/1.1 413 Payload Too Large"),
+        (b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", "HTTP/1.0 200 OK"),
+    ];
+    for (raw, want) in cases {
+        let mut s = TcpStream::connect(h.front).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
+            .await
+            .expect("the balancer closes once it has answered")
+            .unwrap();
+        let resp = String::from_utf8_lossy(&out);
+        assert_eq!(status_line(&resp), want, "for {:?}", String::from_utf8_lossy(raw));
+    }
+}
+
 #[tokio::test]
 async fn a_garbage_answering_backend_gives_502_and_is_counted() {
     let mut p = PoolConfig::new("backend", "backend", 3000);
