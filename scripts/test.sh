@@ -34,7 +34,7 @@ if [ "${CHAOS_SECONDS:-60}" != "0" ]; then
     bench/chaos.sh --duration "${CHAOS_SECONDS:-60}" --check
 fi
 
-if [ "${FUZZ_SECONDS:-30}" != "0" ]; then
-    scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+if [ "${FUZZ_SECONDS:-15}" != "0" ]; then
+    scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 fi
 echo "==> all tests passed"

@@ -26,6 +26,17 @@ pub enum RpcError {
 /// Largest single msgpack value accepted on an RPC connection.
 pub const MAX_VALUE: usize = 16 * 1024 * 1024;
 
+/// How many bytes the first complete msgpack value of `buf` spans: `Ok(None)` while more
+/// bytes are needed, an error for bytes that can never become a value or for a value still
+/// incomplete after [`MAX_VALUE`] bytes. This is how [`ValueReader`] frames a connection.
+pub fn frame(buf: &[u8]) -> Result<Option<usize>, RpcError> {
+    match mp::value_len(buf)? {
+        Some(n) => Ok(Some(n)),
+        None if buf.len() > MAX_VALUE => Err(RpcError::TooLarge(MAX_VALUE)),
+        None => Ok(None),
+    }
+}
+
 /// Reads whole msgpack values from an async byte stream.
 pub struct ValueReader<R> {
     inner: R,
@@ -41,12 +52,9 @@ impl<R: AsyncRead + Unpin> ValueReader<R> {
     /// The bytes of the next complete value.
     pub async fn next_raw(&mut self) -> Result<Vec<u8>, RpcError> {
         loop {
-            if let Some(n) = mp::value_len(&self.buf)? {
+            if let Some(n) = frame(&self.buf)? {
                 let rest = self.buf.split_off(n);
                 return Ok(std::mem::replace(&mut self.buf, rest));
-            }
-            if self.buf.len() > MAX_VALUE {
-                return Err(RpcError::TooLarge(MAX_VALUE));
             }
             self.buf.reserve(4096);
             if self.inner.read_buf(&mut self.buf).await? == 0 {

@@ -38,6 +38,30 @@ pub mod cmd {
     pub const RESPOND: &str = "respond";
     pub const STATS: &str = "stats";
     pub const GET_COORDINATE: &str = "get-coordinate";
+
+    /// Every command the server serves.
+    pub const ALL: [&str; 20] = [
+        HANDSHAKE,
+        AUTH,
+        EVENT,
+        FORCE_LEAVE,
+        JOIN,
+        MEMBERS,
+        MEMBERS_FILTERED,
+        STREAM,
+        STOP,
+        MONITOR,
+        LEAVE,
+        INSTALL_KEY,
+        USE_KEY,
+        REMOVE_KEY,
+        LIST_KEYS,
+        TAGS,
+        QUERY,
+        RESPOND,
+        STATS,
+        GET_COORDINATE,
+    ];
 }
 
 /// Error strings clients compare against.
@@ -361,4 +385,127 @@ pub type StatsResponse = BTreeMap<String, BTreeMap<String, String>>;
 /// Whether a command is followed by a request body.
 pub fn has_body(command: &str) -> bool {
     !matches!(command, cmd::MEMBERS | cmd::LEAVE | cmd::LIST_KEYS | cmd::STATS)
+}
+
+/// A client's request as the server reads it: the command with its decoded body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Request {
+    Handshake(HandshakeRequest),
+    Auth(AuthRequest),
+    Event(EventRequest),
+    ForceLeave(ForceLeaveRequest),
+    Join(JoinRequest),
+    Members,
+    MembersFiltered(MembersFilteredRequest),
+    Stream(StreamRequest),
+    Monitor(MonitorRequest),
+    Stop(StopRequest),
+    Leave,
+    InstallKey(KeyRequest),
+    UseKey(KeyRequest),
+    RemoveKey(KeyRequest),
+    ListKeys,
+    Tags(TagsRequest),
+    Query(QueryRequest),
+    Respond(RespondRequest),
+    Stats,
+    GetCoordinate(CoordinateRequest),
+    /// A command the server does not serve (no body is read for it).
+    Unknown(String),
+}
+
+impl Request {
+    /// Whether a body value follows a `command` header (never for an unknown command: the
+    /// server refuses it without reading further).
+    pub fn takes_body(command: &str) -> bool {
+        has_body(command) && cmd::ALL.contains(&command)
+    }
+
+    /// The request for `command`, its body decoded from `body` (one msgpack value; ignored
+    /// for commands that take none, see [`Request::takes_body`]).
+    pub fn decode(command: &str, body: &[u8]) -> Result<Request, mp::DecodeError> {
+        let b = body;
+        Ok(match command {
+            cmd::HANDSHAKE => Request::Handshake(mp::decode(b)?),
+            cmd::AUTH => Request::Auth(mp::decode(b)?),
+            cmd::EVENT => Request::Event(mp::decode(b)?),
+            cmd::FORCE_LEAVE => Request::ForceLeave(mp::decode(b)?),
+            cmd::JOIN => Request::Join(mp::decode(b)?),
+            cmd::MEMBERS => Request::Members,
+            cmd::MEMBERS_FILTERED => Request::MembersFiltered(mp::decode(b)?),
+            cmd::STREAM => Request::Stream(mp::decode(b)?),
+            cmd::MONITOR => Request::Monitor(mp::decode(b)?),
+            cmd::STOP => Request::Stop(mp::decode(b)?),
+            cmd::LEAVE => Request::Leave,
+            cmd::INSTALL_KEY => Request::InstallKey(mp::decode(b)?),
+            cmd::USE_KEY => Request::UseKey(mp::decode(b)?),
+            cmd::REMOVE_KEY => Request::RemoveKey(mp::decode(b)?),
+            cmd::LIST_KEYS => Request::ListKeys,
+            cmd::TAGS => Request::Tags(mp::decode(b)?),
+            cmd::QUERY => Request::Query(mp::decode(b)?),
+            cmd::RESPOND => Request::Respond(mp::decode(b)?),
+            cmd::STATS => Request::Stats,
+            cmd::GET_COORDINATE => Request::GetCoordinate(mp::decode(b)?),
+            other => Request::Unknown(other.to_string()),
+        })
+    }
+}
+
+/// Decodes one whole request from the front of `buf` without a socket, with the functions
+/// the server applies to a client's bytes: [`frame`](crate::codec::frame) cuts the header
+/// value, [`RequestHeader`] decodes it, [`Request::takes_body`] says whether a body value
+/// follows and [`Request::decode`] decodes it. Returns the header, the request and how many
+/// bytes they took, or `Ok(None)` while `buf` ends before the request does.
+pub fn decode_request(buf: &[u8]) -> Result<Option<(RequestHeader, Request, usize)>, crate::RpcError> {
+    let Some(n) = crate::codec::frame(buf)? else { return Ok(None) };
+    let header: RequestHeader = mp::decode(&buf[..n])?;
+    if !Request::takes_body(&header.command) {
+        let req = Request::decode(&header.command, &[])?;
+        return Ok(Some((header, req, n)));
+    }
+    let Some(m) = crate::codec::frame(&buf[n..])? else { return Ok(None) };
+    let req = Request::decode(&header.command, &buf[n..n + m])?;
+    Ok(Some((header, req, n + m)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(command: &str, body: Option<&dyn crate::codec::WireDyn>) -> Vec<u8> {
+        crate::codec::encode_pair(&RequestHeader { command: command.into(), seq: 7 }, body)
+    }
+
+    #[test]
+    fn requests_decode_from_bytes_like_the_server_reads_them() {
+        let mut buf = frames(cmd::HANDSHAKE, Some(&HandshakeRequest { version: 1 }));
+        buf.extend(frames(cmd::MEMBERS, None));
+        let event = EventRequest { name: "deploy".into(), payload: b"v1".to_vec(), coalesce: true };
+        buf.extend(frames(cmd::EVENT, Some(&event)));
+        buf.extend(frames("self-destruct", None));
+        let mut got = Vec::new();
+        let mut rest = &buf[..];
+        while let Some((h, req, n)) = decode_request(rest).unwrap() {
+            assert_eq!(h.seq, 7);
+            got.push(req);
+            rest = &rest[n..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(
+            got,
+            [
+                Request::Handshake(HandshakeRequest { version: 1 }),
+                Request::Members,
+                Request::Event(event),
+                Request::Unknown("self-destruct".into()),
+            ]
+        );
+        // A header whose body has not arrived yet is incomplete, not an error.
+        assert_eq!(decode_request(&frames(cmd::EVENT, None)).unwrap(), None);
+        assert!(decode_request(&[0xc1]).is_err());
+        let mut bad_body = frames(cmd::STOP, None);
+        bad_body.push(0x01);
+        assert!(decode_request(&bad_body).is_err(), "a body that is not a map");
+    }
 }

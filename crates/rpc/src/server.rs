@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use regex::Regex;
 use shoal_agent::{AgentHandle, EventFilter, HandlerSpec, KeyOp, QueryUpdate, SerfEvent, resolve};
-use shoal_gossip::mp::Wire;
 use shoal_gossip::{Member, QueryParams, QueryReplyTo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -139,18 +138,29 @@ impl Connection {
         let _ = self.out.send(encode_pair(&header, body));
     }
 
-    async fn body<T: Wire>(
+    /// Reads and decodes the request `header` announces (its body, if the command takes one),
+    /// exactly as [`decode_request`](crate::protocol::decode_request) does from bytes.
+    async fn request(
         &self,
         reader: &mut ValueReader<tokio::net::tcp::OwnedReadHalf>,
         seq: u64,
-    ) -> Result<T, Close> {
-        match reader.next().await {
-            Ok(b) => Ok(b),
-            Err(e) => {
-                self.reply(seq, &format!("malformed request body: {e}"), None);
-                Err(Close)
+        command: &str,
+    ) -> Result<Request, Close> {
+        let body = if Request::takes_body(command) {
+            match reader.next_raw().await {
+                Ok(raw) => raw,
+                Err(e) => {
+                    self.reply(seq, &format!("malformed request body: {e}"), None);
+                    return Err(Close);
+                }
             }
-        }
+        } else {
+            Vec::new()
+        };
+        Request::decode(command, &body).map_err(|e| {
+            self.reply(seq, &format!("malformed request body: {e}"), None);
+            Close
+        })
     }
 
     async fn handle(
@@ -169,9 +179,8 @@ impl Connection {
             self.reply(seq, errors::AUTH_REQUIRED, None);
             return Err(Close);
         }
-        match command {
-            cmd::HANDSHAKE => {
-                let req: HandshakeRequest = self.body(reader, seq).await?;
+        match self.request(reader, seq, command).await? {
+            Request::Handshake(req) => {
                 let error = if req.version != IPC_VERSION {
                     errors::UNSUPPORTED_IPC_VERSION
                 } else if self.version != 0 {
@@ -182,8 +191,7 @@ impl Connection {
                 };
                 self.reply(seq, error, None);
             }
-            cmd::AUTH => {
-                let req: AuthRequest = self.body(reader, seq).await?;
+            Request::Auth(req) => {
                 if self.cfg.auth.as_deref() == Some(req.auth_key.as_str()) {
                     self.authed = true;
                     self.reply(seq, "", None);
@@ -193,44 +201,35 @@ impl Connection {
                     return Err(Close);
                 }
             }
-            cmd::EVENT => {
-                let req: EventRequest = self.body(reader, seq).await?;
+            Request::Event(req) => {
                 let r = self.agent.user_event(&req.name, &req.payload, req.coalesce).await;
                 self.reply(seq, &err_string(r), None);
             }
-            cmd::FORCE_LEAVE => {
-                let req: ForceLeaveRequest = self.body(reader, seq).await?;
+            Request::ForceLeave(req) => {
                 let r = self.agent.force_leave(&req.node, req.prune).await;
                 self.reply(seq, &err_string(r), None);
             }
-            cmd::JOIN => {
-                let req: JoinRequest = self.body(reader, seq).await?;
+            Request::Join(req) => {
                 let (num, error) = self.join(&req).await;
                 self.reply(seq, &error, Some(&JoinResponse { num }));
             }
-            cmd::MEMBERS => {
+            Request::Members => {
                 let members = self.agent.members().borrow().members.iter().map(rpc_member).collect();
                 self.reply(seq, "", Some(&MembersResponse { members }));
             }
-            cmd::MEMBERS_FILTERED => {
-                let req: MembersFilteredRequest = self.body(reader, seq).await?;
-                match self.filtered_members(&req) {
-                    Ok(members) => self.reply(seq, "", Some(&MembersResponse { members })),
-                    Err(e) => self.reply(seq, &e, Some(&MembersResponse::default())),
-                }
-            }
-            cmd::STREAM => {
-                let req: StreamRequest = self.body(reader, seq).await?;
+            Request::MembersFiltered(req) => match self.filtered_members(&req) {
+                Ok(members) => self.reply(seq, "", Some(&MembersResponse { members })),
+                Err(e) => self.reply(seq, &e, Some(&MembersResponse::default())),
+            },
+            Request::Stream(req) => {
                 let error = self.stream(seq, &req.kind);
                 self.reply(seq, error, None);
             }
-            cmd::MONITOR => {
-                let req: MonitorRequest = self.body(reader, seq).await?;
+            Request::Monitor(req) => {
                 let error = self.monitor(seq, &req.log_level);
                 self.reply(seq, &error, None);
             }
-            cmd::STOP => {
-                let req: StopRequest = self.body(reader, seq).await?;
+            Request::Stop(req) => {
                 if let Some(task) = self.streams.remove(&req.stop) {
                     task.abort();
                 }
@@ -241,52 +240,22 @@ impl Connection {
                 }
                 self.reply(seq, "", None);
             }
-            cmd::LEAVE => {
+            Request::Leave => {
                 tracing::info!("graceful leave requested over RPC");
                 let r = self.agent.leave().await;
                 self.reply(seq, &err_string(r), None);
                 self.agent.request_shutdown();
             }
-            cmd::INSTALL_KEY | cmd::USE_KEY | cmd::REMOVE_KEY | cmd::LIST_KEYS => {
-                let (op, key) = match command {
-                    cmd::LIST_KEYS => (KeyOp::List, None),
-                    other => {
-                        let req: KeyRequest = self.body(reader, seq).await?;
-                        let op = match other {
-                            cmd::INSTALL_KEY => KeyOp::Install,
-                            cmd::USE_KEY => KeyOp::Use,
-                            _ => KeyOp::Remove,
-                        };
-                        (op, Some(req.key))
-                    }
-                };
-                let (resp, error) = match self.agent.key_op(op, key.as_deref()).await {
-                    Ok(report) => {
-                        let error = report.verdict().err().unwrap_or_default();
-                        let resp = KeyResponse {
-                            messages: report.messages,
-                            keys: report.keys.into_iter().map(|(k, n)| (k, n as i64)).collect(),
-                            num_nodes: report.num_nodes as i64,
-                            num_err: report.num_err as i64,
-                            num_resp: report.num_resp as i64,
-                        };
-                        (resp, error)
-                    }
-                    Err(e) => (KeyResponse::default(), e.to_string()),
-                };
-                self.reply(seq, &error, Some(&resp));
-            }
-            cmd::TAGS => {
-                let req: TagsRequest = self.body(reader, seq).await?;
+            Request::InstallKey(req) => self.key_op(seq, KeyOp::Install, Some(req.key)).await,
+            Request::UseKey(req) => self.key_op(seq, KeyOp::Use, Some(req.key)).await,
+            Request::RemoveKey(req) => self.key_op(seq, KeyOp::Remove, Some(req.key)).await,
+            Request::ListKeys => self.key_op(seq, KeyOp::List, None).await,
+            Request::Tags(req) => {
                 let r = self.agent.update_tags(req.tags, req.delete_tags).await;
                 self.reply(seq, &err_string(r), None);
             }
-            cmd::QUERY => {
-                let req: QueryRequest = self.body(reader, seq).await?;
-                self.query(seq, req).await;
-            }
-            cmd::RESPOND => {
-                let req: RespondRequest = self.body(reader, seq).await?;
+            Request::Query(req) => self.query(seq, req).await,
+            Request::Respond(req) => {
                 let to = self.queries.lock().map(|q| q.get(&req.id).cloned()).ok().flatten();
                 let error = match to {
                     Some(to) => err_string(self.agent.respond(to, req.payload).await),
@@ -294,23 +263,40 @@ impl Connection {
                 };
                 self.reply(seq, &error, None);
             }
-            cmd::STATS => {
+            Request::Stats => {
                 let stats = self.stats().await;
                 self.reply(seq, "", Some(&stats));
             }
-            cmd::GET_COORDINATE => {
-                let _req: CoordinateRequest = self.body(reader, seq).await?;
+            Request::GetCoordinate(_) => {
                 // Shoal computes no network coordinates: answer like a Serf agent running
                 // with coordinates disabled.
                 self.reply(seq, "", Some(&CoordinateResponse::default()));
             }
-            _ => {
+            Request::Unknown(_) => {
                 tracing::warn!(command, "unsupported RPC command; closing");
                 self.reply(seq, errors::UNSUPPORTED_COMMAND, None);
                 return Err(Close);
             }
         }
         Ok(())
+    }
+
+    async fn key_op(&self, seq: u64, op: KeyOp, key: Option<String>) {
+        let (resp, error) = match self.agent.key_op(op, key.as_deref()).await {
+            Ok(report) => {
+                let error = report.verdict().err().unwrap_or_default();
+                let resp = KeyResponse {
+                    messages: report.messages,
+                    keys: report.keys.into_iter().map(|(k, n)| (k, n as i64)).collect(),
+                    num_nodes: report.num_nodes as i64,
+                    num_err: report.num_err as i64,
+                    num_resp: report.num_resp as i64,
+                };
+                (resp, error)
+            }
+            Err(e) => (KeyResponse::default(), e.to_string()),
+        };
+        self.reply(seq, &error, Some(&resp));
     }
 
     async fn join(&self, req: &JoinRequest) -> (i64, String) {

@@ -524,6 +524,9 @@ fn runtime_api_steers_servers_and_the_state_survives_churn() {
 
     // HTTP: `POST /;cmd` needs the admin token; the stats token is not enough.
     assert_eq!(http(c.stats, "POST", "/;cmd", &[("Authorization", "Bearer tok")], "show info").status, 403);
+    let anonymous = http(c.stats, "POST", "/;cmd", &[], "disable server backend/web-1");
+    assert_eq!(anonymous.status, 403, "no token, no command");
+    assert_eq!(servers_state(&socket)["web-1"].1, 0, "and nothing was done");
     assert_eq!(http(c.stats, "GET", "/;cmd", &[("Authorization", "Bearer s3cret")], "").status, 405);
     let posted =
         http(c.stats, "POST", "/;cmd", &[("Authorization", "Bearer s3cret")], "show servers state backend");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal_gossip::envelope::make_compound;
-use shoal_gossip::{Config, DropReason, Gossip, MemberStatus, Profile};
+use shoal_gossip::{Config, DropReason, Event, Gossip, MemberStatus, Profile};
 use shoal_sim::Sim;
 
 const KEY: [u8; 16] = [9; 16];
@@ -197,4 +197,144 @@ fn labelled_clusters_do_not_mix() {
     assert_eq!(sim.gossip(2).alive_count(), 1);
     assert!(sim.gossip(0).member("node-2").is_none());
     assert!(dropped(sim.gossip(0), DropReason::Label) >= 1);
+}
+
+// ------------------------------------------------------------------ forged and replayed gossip
+//
+// Memberlist and Serf authenticate nothing but the cluster key: whoever holds it (or, without
+// encryption, anyone) can claim anything. The defences are the protocol's own: a member refutes
+// news about itself, an address already held by a live member is not taken over, and news
+// older than what is known (a lower incarnation, an older Lamport time) changes nothing.
+
+const STRANGER: &str = "10.9.9.9:7946";
+
+fn alive_packet(
+    node: &str,
+    addr: SocketAddr,
+    incarnation: u32,
+    tags: &[(&str, &str)],
+    g: &Gossip,
+) -> Vec<u8> {
+    let tags: shoal_gossip::Tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let versions = g.member(node).map_or([1, 5, 2, 2, 5, 5], |m| m.versions);
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let alive = shoal_gossip::messages::Alive {
+        incarnation,
+        node: node.into(),
+        addr: ip,
+        port: addr.port(),
+        meta: shoal_gossip::encode_tags(&tags),
+        vsn: versions.to_vec(),
+    };
+    shoal_gossip::mp::encode_with_type(shoal_gossip::messages::kind::ALIVE, &alive)
+}
+
+fn role_seen(sim: &Sim, i: usize, node: &str) -> Option<String> {
+    sim.gossip(i).member(node).and_then(|m| m.tags.get("role").cloned())
+}
+
+#[test]
+fn a_forged_alive_for_another_member_is_refuted_by_that_member() {
+    let (mut sim, _) = cluster(false);
+    let before = view(sim.gossip(0));
+    // A stranger claims node-1 (at its real address) with a much higher incarnation and new tags.
+    let forged = alive_packet("node-1", Sim::addr_for(1), 1000, &[("role", "evil")], sim.gossip(0));
+    sim.with(0, |g, now| g.handle_packet(now, STRANGER.parse().unwrap(), &forged));
+    assert_eq!(role_seen(&sim, 0, "node-1").as_deref(), Some("evil"), "the forgery lands at first");
+    // node-1 hears the rumour about itself, refutes it with a higher incarnation, and wins.
+    sim.run_until(Duration::from_millis(50), Duration::from_secs(10), |s| {
+        (0..3).all(|i| role_seen(s, i, "node-1").is_none())
+    })
+    .expect("node-1's refutation reaches every member");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(view(sim.gossip(0)), before, "the view is back to the truth");
+    for i in 0..3 {
+        assert_eq!(sim.gossip(i).member("node-1").unwrap().status, MemberStatus::Alive, "node {i}");
+    }
+}
+
+#[test]
+fn a_claim_to_another_members_name_from_another_address_is_refused() {
+    let (mut sim, _) = cluster(false);
+    sim.record(0);
+    let before = view(sim.gossip(0));
+    let thief: SocketAddr = STRANGER.parse().unwrap();
+    // Someone else's name, and our own name, each claimed from the thief's address.
+    let theirs = alive_packet("node-1", thief, 1000, &[], sim.gossip(0));
+    let ours = alive_packet("node-0", thief, 1000, &[], sim.gossip(0));
+    sim.with(0, |g, now| {
+        g.handle_packet(now, thief, &theirs);
+        g.handle_packet(now, thief, &ours);
+    });
+    assert_eq!(view(sim.gossip(0)), before, "no member changes address");
+    assert!(
+        sim.node(0).events.iter().any(|(_, e)| *e == Event::NameConflict { other: thief }),
+        "the member reports that its own name is claimed elsewhere"
+    );
+    sim.run_for(Duration::from_secs(3));
+    for i in 0..3 {
+        assert_eq!(sim.gossip(i).member("node-1").unwrap().addr, Sim::addr_for(1), "node {i}");
+        assert_eq!(sim.gossip(i).member("node-0").unwrap().addr, Sim::addr_for(0), "node {i}");
+    }
+}
+
+#[test]
+fn a_forged_leave_intent_is_refuted_by_the_member_itself() {
+    let (mut sim, _) = cluster(false);
+    let before = view(sim.gossip(0));
+    let leave = shoal_gossip::messages::SerfLeave { ltime: 10_000, node: "node-1".into(), prune: false };
+    let mut forged = vec![shoal_gossip::messages::kind::USER, shoal_gossip::messages::serf_kind::LEAVE];
+    shoal_gossip::mp::Wire::put(&leave, &mut forged);
+    sim.with(0, |g, now| g.handle_packet(now, STRANGER.parse().unwrap(), &forged));
+    assert_eq!(sim.gossip(0).member("node-1").unwrap().status, MemberStatus::Leaving, "the forgery lands");
+    sim.run_until(Duration::from_millis(50), Duration::from_secs(10), |s| {
+        s.count_seeing("node-1", MemberStatus::Alive) == 3
+    })
+    .expect("node-1 refutes the leave with a newer join intent");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(view(sim.gossip(0)), before);
+}
+
+#[test]
+fn replayed_old_gossip_changes_nothing() {
+    // Traffic recorded while node-2 joins (alive messages, join intents, a user event) and while
+    // it leaves (its own death notice, its leave intent)...
+    let (mut sim, mut recorded) = cluster(false);
+    sim.capture = true;
+    sim.with(2, |g, now| g.leave(now));
+    sim.run_until(Duration::from_millis(50), Duration::from_secs(20), |s| {
+        (0..2).all(|i| s.gossip(i).member("node-2").is_some_and(|m| m.status == MemberStatus::Left))
+    })
+    .expect("node-2 has left");
+    sim.run_for(Duration::from_secs(1));
+    sim.capture = false;
+    recorded.append(&mut sim.captured);
+    // ... then node-2 comes back as a new process (it refutes its old death: a higher
+    // incarnation, a newer Lamport time).
+    sim.crash(2);
+    sim.restart(2);
+    sim.join(2, 0);
+    sim.run_until(Duration::from_millis(50), Duration::from_secs(20), Sim::converged)
+        .expect("node-2 is back");
+    sim.run_for(Duration::from_secs(1));
+    sim.record(0);
+    let before = view(sim.gossip(0));
+    assert_eq!(sim.gossip(0).member("node-2").unwrap().status, MemberStatus::Alive);
+
+    // Replaying all of it, oldest first, changes nothing: no one dies or leaves again, no event
+    // is delivered twice.
+    feed(&mut sim, &recorded);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(view(sim.gossip(0)), before, "replayed gossip moved the view");
+    for i in 0..3 {
+        assert_eq!(sim.count_seeing(&format!("node-{i}"), MemberStatus::Alive), 3, "node-{i}");
+    }
+    let events: Vec<&Event> = sim.node(0).events.iter().map(|(_, e)| e).collect();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Member { .. } | Event::User(_))),
+        "replayed gossip raised events: {events:?}"
+    );
 }
