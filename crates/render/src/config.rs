@@ -56,7 +56,8 @@ impl std::str::FromStr for Wait {
             Some((a, b)) => (parse(a)?, parse(b)?),
             None => {
                 let min = parse(s)?;
-                (min, min * 4)
+                let max = min.checked_mul(4).ok_or_else(|| format!("invalid wait {s:?}: too long"))?;
+                (min, max)
             }
         };
         if max < min {
@@ -202,6 +203,10 @@ mod tests {
         assert_eq!((w.min, w.max), (Duration::from_millis(200), Duration::from_secs(2)));
         assert_eq!("1s".parse::<Wait>().unwrap().max, Duration::from_secs(4));
         assert!("2s:1s".parse::<Wait>().is_err());
+        // Found by the render_config fuzz target: four times a huge MIN overflowed (a panic).
+        let huge = "100ms6wk00011675941756269194111s";
+        assert!(huge.parse::<Wait>().unwrap_err().contains("too long"));
+        assert!(RenderConfig::from_toml(&format!("wait = \"{huge}\"\n")).is_err());
         assert_eq!(parse_perms("0640"), Ok(0o640));
         assert!(parse_perms("rw-").is_err());
     }
