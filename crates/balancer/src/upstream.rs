@@ -248,15 +248,7 @@ pub async fn exchange(
     // An idempotent request stops waiting when gossip declares the server failed (it will be
     // retried elsewhere); any other keeps waiting: the host may be frozen, not gone, and would
     // still answer — sending it elsewhere could run it twice, and a 502 would cost it for nothing.
-    let idempotent = matches!(
-        req_method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::PUT
-            | http::Method::DELETE
-            | http::Method::TRACE
-    );
+    let idempotent = crate::proxy::is_idempotent(&req_method);
     let mut gone = std::pin::pin!(server.failed());
     let (driver, closed, timer) = (&mut up.driver, &mut up.closed, &mut up.timer);
     let sent = std::future::poll_fn(|cx| {
