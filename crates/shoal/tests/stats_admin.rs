@@ -326,7 +326,14 @@ fn stats_views_read_by_haproxy_tools_prometheus_and_a_browser() {
     assert_eq!(web1["tags"]["role"], "backend");
     assert_eq!(web1["status"], "UP");
 
-    // Prometheus text format.
+    // Prometheus text format, once the balancer's agent has sent its first probe (the test
+    // can get here within the first probe interval).
+    let probed = wait_for(Duration::from_secs(10), || {
+        get(c.stats, "/metrics").body.lines().any(|l| {
+            l.strip_prefix("shoal_gossip_probes_total").and_then(|v| v.trim().parse::<f64>().ok()) > Some(0.0)
+        })
+    });
+    assert!(probed.is_some(), "the gossip probe counter never moved");
     let metrics = get(c.stats, "/metrics");
     assert!(metrics.headers["content-type"].starts_with("application/openmetrics-text"));
     let m = &metrics.body;
