@@ -635,7 +635,14 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Half-closed clients (`shutdown(SHUT_WR)` after the request, as `nc -N` does) still get
     // their answer, as from HAProxy; hyper would otherwise drop the request on that EOF.
-    builder.http1().timer(TokioTimer::new()).max_buf_size(max_header).keep_alive(true).half_close(true);
+    // Flat writes: a response head and a small body leave in one `send` rather than a `writev`.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(max_header)
+        .keep_alive(true)
+        .half_close(true)
+        .writev(false);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
