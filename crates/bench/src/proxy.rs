@@ -1,7 +1,9 @@
 //! Proxies side by side with wrk: the same trivial backend (nginx `return 200`,
 //! one worker) reached directly, through Shoal (one worker thread, then two),
 //! HAProxy (`nbthread 1`) and nginx (one worker), each proxy keeping its
-//! upstream connections alive. Then memory: RSS idle and with many idle
+//! upstream connections alive and adding the same `X-Forwarded-For/-Proto/-Port`
+//! headers (as Shoal does and the reference stack's HAProxy is configured to).
+//! Rounds interleave the targets. Then memory: RSS idle and with many idle
 //! keep-alive client connections open.
 
 use std::process::Command;
@@ -83,6 +85,11 @@ fn wrk(port: u16, connections: u32, secs: u64, close: bool) -> anyhow::Result<Wr
         .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()))
         .sum();
     Ok(Wrk { rps, p50_ms, p99_ms, errors })
+}
+
+fn median_f64(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn median(mut v: Vec<Wrk>) -> Wrk {
@@ -173,7 +180,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             NGINX,
             &format!(
                 "  upstream be {{ server 127.0.0.1:{BACKEND}; keepalive 256; }}\n  server {{ listen 127.0.0.1:{NGINX}; \
-                 location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+                 location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; \
+                 proxy_set_header X-Forwarded-Port $server_port; }} }}"
             ),
         ),
     )?;
@@ -183,7 +192,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         &format!(
             "global\n  nbthread 1\n  maxconn {maxconn}\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 50s\n  \
              timeout server 50s\n  timeout http-keep-alive 120s\nfrontend fe\n  bind 127.0.0.1:{HAPROXY}\n  default_backend be\n\
-             backend be\n  http-reuse always\n  server s1 127.0.0.1:{BACKEND}\n",
+             backend be\n  option forwardfor\n  http-request set-header X-Forwarded-Port %[dst_port]\n  \
+             http-request set-header X-Forwarded-Proto http\n  http-reuse always\n  server s1 127.0.0.1:{BACKEND}\n",
             maxconn = args.idle_connections + 100
         ),
     )?;
@@ -257,15 +267,31 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         ("nginx 1.22, 1 worker", NGINX),
         ("shoal, 2 threads", SHOAL2),
     ];
-    let mut keepalive = Vec::new();
+    // Rounds interleave the targets (round 1 of each, then round 2 of each...), so a slow
+    // stretch of this shared machine hits every target alike rather than one of them.
     for (name, port) in targets {
-        eprintln!("== {name}: warm-up, then {} x {} s", args.rounds, args.duration);
+        eprintln!("== {name}: warm-up");
         wrk(port, args.connections, 2, false)?;
-        let runs = (0..args.rounds)
-            .map(|_| wrk(port, args.connections, args.duration, false))
-            .collect::<Result<Vec<_>, _>>()?;
-        keepalive.push((name, median(runs)));
     }
+    let mut runs: Vec<Vec<Wrk>> = vec![Vec::new(); targets.len()];
+    for round in 1..=args.rounds {
+        eprintln!("== round {round} of {}: {} s per target", args.rounds, args.duration);
+        for ((_, port), runs) in targets.iter().zip(&mut runs) {
+            runs.push(wrk(*port, args.connections, args.duration, false)?);
+        }
+    }
+    let hp_index = targets.iter().position(|(n, _)| n.starts_with("haproxy")).unwrap_or(0);
+    // Per-round ratios against HAProxy (same round, same machine weather), then their median.
+    let ratios: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|r| {
+            let mut rps: Vec<f64> = r.iter().zip(&runs[hp_index]).map(|(a, h)| a.rps / h.rps).collect();
+            let mut p99: Vec<f64> = r.iter().zip(&runs[hp_index]).map(|(a, h)| a.p99_ms / h.p99_ms).collect();
+            (median_f64(&mut rps), median_f64(&mut p99))
+        })
+        .collect();
+    let keepalive: Vec<(&str, Wrk)> =
+        targets.iter().zip(runs).map(|((name, _), r)| (*name, median(r))).collect();
     let mut close = Vec::new();
     for (name, port) in targets {
         eprintln!("== {name}: keep-alive off");
@@ -299,22 +325,19 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         "{:<26} {:>12} {:>9} {:>9} {:>7} {:>15}",
         "", "req/s", "p50 ms", "p99 ms", "errors", "no keep-alive"
     );
-    let hp_ka = keepalive.iter().find(|(n, _)| n.starts_with("haproxy")).map(|(_, w)| *w);
     for ((name, w), (_, c)) in keepalive.iter().zip(&close) {
         println!(
             "{name:<26} {:>12.0} {:>9.3} {:>9.3} {:>7} {:>11.0} req/s",
             w.rps, w.p50_ms, w.p99_ms, w.errors, c.rps
         );
     }
-    if let Some(hp) = hp_ka {
-        println!();
-        for (name, w) in keepalive.iter().filter(|(n, _)| n.starts_with("shoal")) {
-            println!(
-                "{name} vs haproxy: {:.2}x req/s, p99 {:.2}x (above 1 is more throughput; below 1 is lower latency)",
-                w.rps / hp.rps,
-                w.p99_ms / hp.p99_ms
-            );
-        }
+    println!();
+    for ((name, _), (rps, p99)) in keepalive.iter().zip(&ratios).filter(|((n, _), _)| n.starts_with("shoal"))
+    {
+        println!(
+            "{name} vs haproxy: {rps:.2}x req/s, p99 {p99:.2}x (median of per-round ratios; above 1 is more \
+             throughput, below 1 is lower latency)"
+        );
     }
     println!();
     println!("RSS: idle, and with {} idle keep-alive client connections", args.idle_connections);
