@@ -14,11 +14,6 @@ use clap::Parser;
 
 use crate::cli::Command;
 
-/// mimalloc: per-thread free lists make the proxy's many small, short-lived allocations
-/// (request heads, header maps, body frames) cheaper than glibc's malloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let verbosity = match cli.command {
