@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
-use crate::procs::servers_up;
+use crate::procs::{Method, servers_up};
 use crate::soak::Soak;
 
 /// Flags of `shoal-bench chaos`.
@@ -187,13 +187,6 @@ impl Drop for Lab {
         }
         let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Method {
-    Get,
-    Head,
-    Post,
 }
 
 #[derive(Debug, Clone)]

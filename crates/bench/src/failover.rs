@@ -25,7 +25,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
 
-use crate::procs::{Proc, servers_up, spawn, wait_http, wait_tcp, write};
+use crate::procs::{Method, Proc, servers_up, spawn, wait_http, wait_tcp, write};
 use crate::stats::{ms, summary};
 
 #[derive(Debug, clap::Args)]
@@ -338,17 +338,10 @@ fn stop_backend(design: Design, mut b: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Get,
-    Head,
-    Post,
-}
-
 #[derive(Debug, Clone)]
 struct Sample {
     at: Instant,
-    kind: Kind,
+    kind: Method,
     /// The status and the serving backend's `X-Backend-Ip`, or no answer at all.
     answer: Option<(u16, Option<Ipv4Addr>)>,
 }
@@ -376,12 +369,12 @@ async fn connect(front: SocketAddr) -> Option<Sender> {
     Some(sender)
 }
 
-async fn one_request(sender: &mut Sender, kind: Kind) -> Option<(u16, Option<Ipv4Addr>)> {
+async fn one_request(sender: &mut Sender, kind: Method) -> Option<(u16, Option<Ipv4Addr>)> {
     sender.ready().await.ok()?;
     let req = match kind {
-        Kind::Get => Request::get("/").body(Full::default()),
-        Kind::Head => Request::head("/").body(Full::default()),
-        Kind::Post => Request::post("/delay")
+        Method::Get => Request::get("/").body(Full::default()),
+        Method::Head => Request::head("/").body(Full::default()),
+        Method::Post => Request::post("/delay")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(br#"{"delay":0}"#))),
     }
@@ -408,7 +401,7 @@ impl Load {
                     let mut n = c as usize;
                     while !stop.load(Ordering::Relaxed) {
                         tick.tick().await;
-                        let kind = [Kind::Get, Kind::Head, Kind::Post][n % 3];
+                        let kind = [Method::Get, Method::Head, Method::Post][n % 3];
                         n += 1;
                         if sender.is_none() {
                             sender = connect(front).await;
@@ -469,7 +462,7 @@ struct Outcome {
     requests: usize,
 }
 
-fn count_failed(samples: &[Sample], kind: Option<Kind>) -> usize {
+fn count_failed(samples: &[Sample], kind: Option<Method>) -> usize {
     samples.iter().filter(|s| s.failed() && kind.is_none_or(|k| s.kind == k)).count()
 }
 
@@ -520,7 +513,7 @@ fn round(
     out.kill_out.push(gone - t_kill);
     std::thread::sleep(SETTLE);
     let window = load.since(t_kill);
-    out.kill_failed_gets += count_failed(&window, Some(Kind::Get));
+    out.kill_failed_gets += count_failed(&window, Some(Method::Get));
     out.kill_failed += count_failed(&window, None);
 
     // Graceful stop.

@@ -129,3 +129,14 @@ pub fn wait_tcp(addr: SocketAddr) -> anyhow::Result<()> {
     }
     bail!("nothing listens on {addr}")
 }
+
+/// What the load loops send: the demo web app's `GET /`, `HEAD /` and `POST /delay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// `GET /`: idempotent, retried by the balancer.
+    Get,
+    /// `HEAD /`: idempotent, retried by the balancer.
+    Head,
+    /// `POST /delay`: not retried.
+    Post,
+}

@@ -31,13 +31,6 @@ const LOCKED_DOWN: [&str; 9] = [
     "no-new-privileges",
 ];
 
-/// Runs `docker ARGS`, returning stdout; panics with stderr on failure.
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
-    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// The containers and network of one test, removed on drop (by id).
 struct Lab {
     prefix: String,

@@ -27,21 +27,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Runs `docker ARGS`: stdout, or the error with stderr.
-fn try_docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker").args(args).output().map_err(|e| format!("docker: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// Runs `docker ARGS`, returning stdout; panics with stderr on failure.
-fn docker(args: &[&str]) -> String {
-    try_docker(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// The user ids of a container's processes, one per line.
 const UIDS: &str = "cat /proc/[0-9]*/status | sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' | sort -u";
 

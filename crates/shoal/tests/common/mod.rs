@@ -194,3 +194,18 @@ pub async fn wait_for_async(timeout: Duration, mut cond: impl FnMut() -> bool) -
     }
     cond().then(|| start.elapsed())
 }
+
+/// Runs `docker ARGS`: stdout, or the error with stderr.
+pub fn try_docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker").args(args).output().map_err(|e| format!("docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Runs `docker ARGS`, returning stdout; panics with stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    try_docker(args).unwrap_or_else(|e| panic!("{e}"))
+}
