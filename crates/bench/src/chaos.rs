@@ -296,10 +296,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for c in 0..2 {
         let (samples, stop, front) = (samples.clone(), stop.clone(), lab.balancers[c].front);
         threads.push(std::thread::spawn(move || {
-            let methods = [Method::Get, Method::Head, Method::Post];
             let mut i = c;
             while !stop.load(Ordering::Relaxed) {
-                let method = methods[i % 3];
+                let method = Method::ALL[i % 3];
                 i += 1;
                 let failure = request(front, method);
                 let sample = Sample { at: Instant::now(), method, balancer: c, failure };

@@ -401,7 +401,7 @@ impl Load {
                     let mut n = c as usize;
                     while !stop.load(Ordering::Relaxed) {
                         tick.tick().await;
-                        let kind = [Method::Get, Method::Head, Method::Post][n % 3];
+                        let kind = Method::ALL[n % 3];
                         n += 1;
                         if sender.is_none() {
                             sender = connect(front).await;

@@ -140,3 +140,8 @@ pub enum Method {
     /// `POST /delay`: not retried.
     Post,
 }
+
+impl Method {
+    /// Every kind, in the order the load loops take turns.
+    pub const ALL: [Method; 3] = [Method::Get, Method::Head, Method::Post];
+}

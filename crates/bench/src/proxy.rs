@@ -87,13 +87,10 @@ fn wrk(port: u16, connections: u32, secs: u64, close: bool) -> anyhow::Result<Wr
     Ok(Wrk { rps, p50_ms, p99_ms, errors })
 }
 
-fn median_f64(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn median(mut v: Vec<Wrk>) -> Wrk {
-    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+/// The middle value of `v` by `key` (the upper one of an even count).
+fn median_by<T: Copy>(v: &[T], key: impl Fn(&T) -> f64) -> T {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
     v[v.len() / 2]
 }
 
@@ -285,13 +282,13 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let ratios: Vec<(f64, f64)> = runs
         .iter()
         .map(|r| {
-            let mut rps: Vec<f64> = r.iter().zip(&runs[hp_index]).map(|(a, h)| a.rps / h.rps).collect();
-            let mut p99: Vec<f64> = r.iter().zip(&runs[hp_index]).map(|(a, h)| a.p99_ms / h.p99_ms).collect();
-            (median_f64(&mut rps), median_f64(&mut p99))
+            let per_round: Vec<(f64, f64)> =
+                r.iter().zip(&runs[hp_index]).map(|(a, h)| (a.rps / h.rps, a.p99_ms / h.p99_ms)).collect();
+            (median_by(&per_round, |x| x.0).0, median_by(&per_round, |x| x.1).1)
         })
         .collect();
     let keepalive: Vec<(&str, Wrk)> =
-        targets.iter().zip(runs).map(|((name, _), r)| (*name, median(r))).collect();
+        targets.iter().zip(runs).map(|((name, _), r)| (*name, median_by(&r, |w| w.rps))).collect();
     let mut close = Vec::new();
     for (name, port) in targets {
         eprintln!("== {name}: keep-alive off");
