@@ -18,7 +18,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+pub(crate) const RESPONSE_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// What the connection and the service share.
@@ -80,6 +81,32 @@ impl ConnState {
     }
 }
 
+/// A timer for deadlines that mostly move later (the next request's, the next read's): it is
+/// re-armed only when it fires before the deadline asked for, not every time the deadline
+/// moves, so a busy connection does no timer-wheel work per request.
+pub(crate) struct LazyTimer(Pin<Box<Sleep>>);
+
+impl LazyTimer {
+    /// A timer armed for nothing yet.
+    pub(crate) fn new() -> LazyTimer {
+        LazyTimer(Box::pin(tokio::time::sleep(Duration::from_secs(3600))))
+    }
+
+    /// Ready once `deadline` has passed; registers for a wake-up otherwise.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        if self.0.deadline() > deadline {
+            self.0.as_mut().reset(deadline);
+        }
+        while self.0.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.0.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
 /// Deadlines for a client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct IoTimeouts {
@@ -94,7 +121,7 @@ pub struct GuardedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     timeouts: IoTimeouts,
-    sleep: Pin<Box<Sleep>>,
+    timer: LazyTimer,
     idle_since: Instant,
     head_started: Option<Instant>,
     head: Vec<u8>,
@@ -111,7 +138,7 @@ impl<T> GuardedIo<T> {
             inner,
             state,
             timeouts,
-            sleep: Box::pin(tokio::time::sleep_until(now + timeouts.request_headers)),
+            timer: LazyTimer::new(),
             idle_since: now,
             head_started: None,
             head: Vec::new(),
@@ -203,19 +230,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                     None if served == 0 => this.idle_since + this.timeouts.request_headers,
                     None => this.idle_since + this.timeouts.keepalive,
                 };
-                // Lazy timer: deadlines only move later, so the timer is re-armed when it fires
-                // early instead of on every request (no timer-wheel work per request).
-                if this.sleep.deadline() > deadline {
-                    this.sleep.as_mut().reset(deadline);
-                }
-                if this.sleep.as_mut().poll(cx).is_pending() {
+                if this.timer.poll_expired(cx, deadline).is_pending() {
                     return Poll::Pending;
-                }
-                if Instant::now() < deadline {
-                    this.sleep.as_mut().reset(deadline);
-                    if this.sleep.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
                 }
                 this.state.timed_out.store(true, Ordering::Relaxed);
                 if this.head_started.is_some() {

@@ -15,10 +15,12 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 mod conn;
+mod h1;
 mod health;
 mod limits;
 pub mod pool;
 pub mod proxy;
+mod retry;
 pub mod stats;
 mod tls;
 mod upstream;
@@ -39,6 +41,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 pub use config::{Algorithm, BalancerConfig, ConfigError, PoolConfig};
+pub use h1::ClientIo;
 pub use health::check_once;
 
 use crate::conn::{GuardedIo, IoTimeouts};
@@ -454,10 +457,7 @@ impl Balancer {
     /// for tests and fuzzing) exactly as an accepted plain-HTTP connection of the first
     /// frontend is served: head and keep-alive deadlines (408), the smuggling check, header and
     /// body limits, routing, the proxy. Returns when the connection is over.
-    pub async fn serve_connection<S>(&self, io: S, client: SocketAddr)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+    pub async fn serve_connection<S: ClientIo>(&self, io: S, client: SocketAddr) {
         let Some(addr) = self.config().frontends.first().and_then(|f| f.listen.first().copied()) else {
             return;
         };
@@ -577,10 +577,12 @@ impl Balancer {
     }
 }
 
-async fn serve_conn<S>(stream: S, ctx: ConnCtx, tls: Option<tokio_rustls::TlsAcceptor>, inner: &Inner)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve_conn<S: ClientIo>(
+    stream: S,
+    ctx: ConnCtx,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    inner: &Inner,
+) {
     let fe = ctx.frontend.load_full();
     fe.stats.connections.fetch_add(1, Ordering::Relaxed);
     let open = fe.stats.current_connections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -591,9 +593,17 @@ where
     let max_header = inner.cfg.lock().map(|c| c.limits.max_header_bytes).unwrap_or(16 * 1024);
     let mut shutdown = inner.shutdown.subscribe();
     match tls {
+        // HTTP/1.1 requests the fast path serves never meet hyper; the first one it does not
+        // serve hands the connection over, with the bytes read so far.
         None => {
-            let io = GuardedIo::new(stream, ctx.state.clone(), timeouts, false);
-            run_http(io, ctx, max_header, &mut shutdown).await;
+            let mut stream = stream;
+            if let h1::Served::Handoff(read) =
+                h1::serve(&mut stream, &ctx, max_header, timeouts, &mut shutdown).await
+            {
+                let io = GuardedIo::new(h1::Rewind::new(read, stream), ctx.state.clone(), timeouts, false);
+                // Boxed: only connections handed over pay for hyper's connection state.
+                Box::pin(run_http(io, ctx, max_header, &mut shutdown)).await;
+            }
         }
         // Boxed: a TLS session's state is kilobytes, and inline it would size every plain
         // connection's task for it too.

@@ -856,11 +856,36 @@ impl Pool {
     }
 }
 
-/// Extracts the hash key for an algorithm from a request.
-pub fn hash_key<'a>(
+/// A request head a hash key is read from.
+pub trait KeySource {
+    /// The first value of header `name`.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The value of cookie `name`.
+    fn cookie(&self, name: &str) -> Option<&str>;
+    /// The request target (path and query).
+    fn target(&self) -> Option<&[u8]>;
+}
+
+impl KeySource for http::request::Parts {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.get(name).map(|v| v.as_bytes())
+    }
+
+    fn cookie(&self, name: &str) -> Option<&str> {
+        crate::proxy::cookie_value(&self.headers, name)
+    }
+
+    fn target(&self) -> Option<&[u8]> {
+        self.uri.path_and_query().map(|p| p.as_str().as_bytes())
+    }
+}
+
+/// The bytes a hashing algorithm hashes for a request (`None` when the algorithm does not
+/// hash, or the request lacks what it hashes).
+pub fn hash_key<'a, R: KeySource + ?Sized>(
     algo: &Algorithm,
     client: IpAddr,
-    req: &'a http::request::Parts,
+    req: &'a R,
     scratch: &'a mut Vec<u8>,
 ) -> Option<&'a [u8]> {
     match algo {
@@ -872,9 +897,9 @@ pub fn hash_key<'a>(
             }
             Some(scratch.as_slice())
         }
-        Algorithm::Header(h) => req.headers.get(h.as_str()).map(|v| v.as_bytes()),
-        Algorithm::Cookie(c) => crate::proxy::cookie_value(&req.headers, c).map(str::as_bytes),
-        Algorithm::Uri => req.uri.path_and_query().map(|p| p.as_str().as_bytes()),
+        Algorithm::Header(h) => req.header(h),
+        Algorithm::Cookie(c) => req.cookie(c).map(str::as_bytes),
+        Algorithm::Uri => req.target(),
         _ => None,
     }
 }

@@ -23,10 +23,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access_log::{AccessLog, Record};
-use crate::config::{RetryOn, Timeouts};
+use crate::config::Timeouts;
 use crate::conn::ConnState;
 use crate::limits::{BodyReport, LimitedBody};
 use crate::pool::{Pool, Server, hash_key};
+use crate::retry::{AttemptError, Attempts, Failure, Next};
 use crate::upstream::{ProxyBody, Timing, UpstreamBody, UpstreamError, exchange};
 
 /// Bodies up to this size are buffered so idempotent requests can be retried.
@@ -118,8 +119,23 @@ impl FrontendStats {
     }
 }
 
+impl FrontendStats {
+    /// Counts a response sent with `status`.
+    pub fn count_response(&self, status: u16) {
+        self.responses[usize::from((status / 100).clamp(1, 5) - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A Host header's host, as routes match it: lower-case, without a port.
+pub(crate) fn route_host(h: &str) -> String {
+    h.rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(h, |(h, _)| h)
+        .to_ascii_lowercase()
+}
+
 impl Frontend {
-    fn pool_for(&self, host: Option<&str>, path: &str) -> &Arc<Pool> {
+    pub(crate) fn pool_for(&self, host: Option<&str>, path: &str) -> &Arc<Pool> {
         self.routes.iter().find(|r| r.matches(host, path)).map_or(&self.default_pool, |r| &r.pool)
     }
 }
@@ -269,43 +285,48 @@ impl Body for GuardedBody {
 
 /// The value of cookie `name` in the request's Cookie headers.
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    cookie_in(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()), name)
+}
+
+/// The value of cookie `name` among Cookie header values.
+pub(crate) fn cookie_in<'a>(values: impl IntoIterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    values
+        .into_iter()
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
-/// Removes cookie `name` from the request (the server never sees the balancer's cookie).
-fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+/// The cookies of Cookie header values, all but `name` (the server never sees the balancer's).
+pub(crate) fn cookies_without<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    name: &str,
+) -> impl Iterator<Item = &'a str> {
+    values
+        .into_iter()
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|c| !c.is_empty() && c.split_once('=').is_none_or(|(k, _)| k != name))
-        .map(str::to_string)
-        .collect();
+        .filter(move |c| !c.is_empty() && c.split_once('=').is_none_or(|(k, _)| k != name))
+}
+
+/// Removes cookie `name` from the request (the server never sees the balancer's cookie).
+fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let values = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    let kept = cookies_without(values, name).collect::<Vec<_>>().join("; ");
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_str(&kept)
     {
         headers.insert(header::COOKIE, v);
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+/// Whether a header (any case) belongs to one connection and is never forwarded.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    ["connection", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Drops hop-by-hop headers (and those the Connection header names); keeps Upgrade when asked.
@@ -313,7 +334,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names: most messages carry none of these.
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        if is_hop_by_hop(name) && !(keep_upgrade && (*name == header::UPGRADE || *name == header::CONNECTION))
+        if is_hop_by_hop(name.as_str())
+            && !(keep_upgrade && (*name == header::UPGRADE || *name == header::CONNECTION))
         {
             doomed.push(name.clone());
         }
@@ -360,6 +382,12 @@ pub fn local(status: StatusCode, body: &'static str, close: bool) -> Response<Re
     r
 }
 
+/// The balancer's own answer for a failed forward.
+fn local_failure(f: Failure) -> Response<RespBody> {
+    let (status, text) = f.answer();
+    local(status, text, false)
+}
+
 /// What forwarding a request came to.
 struct Forwarded {
     resp: Response<RespBody>,
@@ -387,8 +415,7 @@ fn guard(
     log: Option<Box<PendingLog>>,
 ) -> Response<GuardedBody> {
     let status = f.resp.status().as_u16();
-    let class = usize::from((status / 100).clamp(1, 5) - 1);
-    frontend.stats.responses[class].fetch_add(1, Ordering::Relaxed);
+    frontend.stats.count_response(status);
     let log = log.map(|mut p| {
         let r = &mut p.record;
         r.status = status;
@@ -471,10 +498,7 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .map(|h| {
-            h.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(h, _)| h)
-        })
-        .map(str::to_ascii_lowercase);
+        .map(route_host);
     let pool = fe.pool_for(host.as_deref(), req.uri().path()).clone();
     let fail = |resp: Response<RespBody>, why: &[u8; 2]| Forwarded::local(resp, Some(pool.clone()), why);
     let upgrade = wants_upgrade(&req);
@@ -511,7 +535,7 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
         parts.uri = uri;
     }
 
-    let retry_allowed = pool.cfg.retries > 0 && is_idempotent(&parts.method) && !upgrade;
+    let retry_allowed = is_idempotent(&parts.method) && !upgrade;
     let report = Arc::new(BodyReport::default());
     let no_body = body.is_end_stream() || declared == Some(0);
     let mut buffered: Option<Bytes> = None;
@@ -529,48 +553,25 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
     } else {
         stream = Some(body);
     }
+    if let Some(b) = &buffered {
+        fe.stats.bytes_in.fetch_add(b.len() as u64, Ordering::Relaxed);
+    }
     let view = pool.view();
-    // Another attempt needs another server (a re-send of a request that never left needs no copy).
-    let can_retry = retry_allowed && buffered.is_some() && view.servers.len() > 1;
-    // Retries elsewhere, plus a couple of re-sends of requests that provably never left.
-    let max_attempts = if can_retry { pool.cfg.retries + 1 } else { 1 };
-    let max_resends = 2;
-    let head = Head { method: parts.method, uri: parts.uri, headers: parts.headers };
-    let mut head = Some(head);
+    let mut tries =
+        Attempts::new(&pool, &view, retry_allowed && buffered.is_some(), sticky_target.as_deref());
+    let mut head = Some(Head { method: parts.method, uri: parts.uri, headers: parts.headers });
     let timeouts = &fe.timeouts;
-
-    let mut tried: Vec<Arc<Server>> = Vec::new();
-    let sticky_server = sticky_target
-        .as_deref()
-        .and_then(|n| view.by_name(n))
-        .filter(|s| !s.is_ejected(Instant::now()))
-        .cloned();
-    // A request that never left the balancer, to send again as it is.
-    let mut carried: Option<Carried> = None;
-    let (mut attempts, mut resends, mut retried) = (0u32, 0u32, 0u32);
-    let mut last_failure = (StatusCode::SERVICE_UNAVAILABLE, "No server available\n");
+    // A request that never reached a server, to send again as it is.
+    let mut carried: Option<Request<ProxyBody>> = None;
     loop {
-        let now = Instant::now();
-        let chosen = match (&carried, tried.last()) {
-            // Unsent on a pooled connection that had just died: same server, fresh connection.
-            (Some(Carried::SameServer(_)), Some(last)) => Some(last.clone()),
-            _ if attempts == 0 && sticky_server.is_some() => sticky_server.clone(),
-            _ => view.pick(&pool.cfg.algorithm, key.as_deref(), &tried, now),
-        };
-        let Some(server) = chosen else {
-            fe.stats.no_server.fetch_add(1, Ordering::Relaxed);
-            let mut f = fail(local(last_failure.0, last_failure.1, false), b"SC");
-            f.retries = retried;
+        let Some(server) = tries.next_server(&view, key.as_deref()) else {
+            let why = tries.exhausted(&fe.stats);
+            let mut f = fail(local_failure(why), &why.termination());
+            f.retries = tries.retried();
             return f;
         };
-        if sticky_target.is_some() && attempts == 0 && sticky_server.is_none() {
-            server.stats.redispatches.fetch_add(1, Ordering::Relaxed);
-        }
-        let active = server.active.fetch_add(1, Ordering::Relaxed) + 1;
-        server.stats.max_active.fetch_max(active, Ordering::Relaxed);
-        server.sent(now);
         let req = match carried.take() {
-            Some(Carried::SameServer(r) | Carried::Elsewhere(r)) => r,
+            Some(r) => r,
             None => {
                 let body = match (&buffered, stream.take()) {
                     (Some(b), _) => ProxyBody::Buffered(Full::new(b.clone())),
@@ -578,39 +579,17 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
                     (None, None) => ProxyBody::Buffered(Full::new(Bytes::new())),
                 };
                 // Keep a copy of the head only while another attempt is possible.
-                let h = if can_retry && attempts + 1 < max_attempts {
-                    head.clone().unwrap_or_default()
-                } else {
-                    head.take().unwrap_or_default()
-                };
-                h.into_request(body)
+                let h = if tries.may_need_copy() { head.clone() } else { head.take() };
+                h.unwrap_or_default().into_request(body)
             }
         };
         server.stats.bytes_in.fetch_add(head_bytes, Ordering::Relaxed);
         if let Some(b) = &buffered {
             server.stats.bytes_in.fetch_add(b.len() as u64, Ordering::Relaxed);
-            if attempts == 0 && resends == 0 {
-                fe.stats.bytes_in.fetch_add(b.len() as u64, Ordering::Relaxed);
-            }
         }
-        let result = exchange(&server, req, timeouts.connect, timeouts.server).await;
-        let failure = match result {
+        let failure = match exchange(&server, req, timeouts.connect, timeouts.server).await {
             Ok((resp, conn, timing)) => {
-                attempts += 1;
-                let status = resp.status();
-                if server.responded(Instant::now(), status.as_u16(), &pool.cfg) {
-                    pool.changed();
-                }
-                let gateway = matches!(status.as_u16(), 502..=504);
-                if gateway
-                    && can_retry
-                    && attempts < max_attempts
-                    && pool.cfg.retry_on.contains(&RetryOn::Gateway)
-                {
-                    server.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    retried += 1;
-                    server.active.fetch_sub(1, Ordering::Relaxed);
-                    tried.push(server);
+                if tries.answered(&server, resp.status().as_u16()) {
                     continue;
                 }
                 let resp = finish(
@@ -624,89 +603,54 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
                 return Forwarded {
                     resp,
                     server: Some(server),
-                    pool: Some(pool),
+                    pool: Some(pool.clone()),
                     timing,
                     answered: true,
-                    retries: retried,
+                    retries: tries.retried(),
                     termination: *b"--",
                 };
             }
             Err(e) => e,
         };
-        server.active.fetch_sub(1, Ordering::Relaxed);
         // A client body that broke or ran over the limit is the client's fault, whatever hyper called it.
-        if report.too_large.load(Ordering::Relaxed) {
-            fe.stats.denied.fetch_add(1, Ordering::Relaxed);
-            return fail(local(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", true), b"PR");
-        }
-        if report.broken.load(Ordering::Relaxed) {
-            fe.stats.denied.fetch_add(1, Ordering::Relaxed);
-            return fail(local(StatusCode::BAD_REQUEST, "Bad request body\n", true), b"CD");
-        }
-        tracing::debug!(server = %server.name, error = %failure, attempts, "upstream attempt failed");
-        let retry_on = |why: RetryOn, attempts: u32| {
-            can_retry && attempts < max_attempts && pool.cfg.retry_on.contains(&why)
+        let client_fault = if report.too_large.load(Ordering::Relaxed) {
+            Some((StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", b"PR"))
+        } else if report.broken.load(Ordering::Relaxed) || matches!(failure, UpstreamError::ClientBody(_)) {
+            // (also the body hyper could not send: the client's stream failed)
+            Some((StatusCode::BAD_REQUEST, "Bad request body\n", b"CD"))
+        } else {
+            None
         };
-        match failure {
-            UpstreamError::Unsent(req, _) if resends < max_resends => {
-                resends += 1;
-                carried = Some(Carried::SameServer(*req));
-                tried.push(server);
-                continue;
-            }
-            UpstreamError::Unsent(..) => {
-                return fail(local(StatusCode::BAD_GATEWAY, "Bad gateway\n", false), b"SC");
+        if let Some((status, text, why)) = client_fault {
+            server.active.fetch_sub(1, Ordering::Relaxed);
+            fe.stats.denied.fetch_add(1, Ordering::Relaxed);
+            return fail(local(status, text, true), why);
+        }
+        tracing::debug!(server = %server.name, error = %failure, "upstream attempt failed");
+        let why = match failure {
+            UpstreamError::Unsent(req, _) => {
+                carried = Some(*req);
+                AttemptError::Unsent
             }
             UpstreamError::Connect(req, _) => {
-                attempts += 1;
-                if server.connect_failed(Instant::now(), &pool.cfg) {
-                    pool.changed();
-                }
-                last_failure =
-                    (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable: no server could be reached\n");
-                // Nothing reached the server, so any method (body unread) may go elsewhere.
-                let may_reroute = pool.cfg.retries > 0
-                    && attempts <= pool.cfg.retries
-                    && pool.cfg.retry_on.contains(&RetryOn::ConnectFailure);
-                if !may_reroute {
-                    return fail(local(last_failure.0, last_failure.1, false), b"SC");
-                }
-                carried = Some(Carried::Elsewhere(*req));
+                carried = Some(*req);
+                AttemptError::Connect
             }
-            // A server declared failed mid-request is treated like one that closed the connection:
-            // idempotent requests go elsewhere.
-            UpstreamError::NoResponse(_) | UpstreamError::ServerFailed => {
-                attempts += 1;
-                server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                last_failure = (StatusCode::BAD_GATEWAY, "Bad gateway: the server closed the connection\n");
-                if !retry_on(RetryOn::EmptyResponse, attempts) {
-                    return fail(local(last_failure.0, last_failure.1, false), b"SH");
-                }
+            UpstreamError::NoResponse(_) | UpstreamError::ServerFailed | UpstreamError::ClientBody(_) => {
+                AttemptError::NoResponse
             }
-            UpstreamError::BadResponse(_) => {
-                server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                return fail(
-                    local(StatusCode::BAD_GATEWAY, "Bad gateway: invalid response from the server\n", false),
-                    b"SH",
-                );
-            }
-            UpstreamError::Timeout => {
-                server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                return fail(local(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout\n", false), b"sH");
-            }
-            UpstreamError::ClientBody(_) => {
-                return fail(local(StatusCode::BAD_REQUEST, "Bad request body\n", true), b"CD");
+            UpstreamError::BadResponse(_) => AttemptError::BadResponse,
+            UpstreamError::Timeout => AttemptError::Timeout,
+        };
+        match tries.failed(server, why) {
+            Next::Resend | Next::Elsewhere => {}
+            Next::Fail(f) => {
+                let mut out = fail(local_failure(f), &f.termination());
+                out.retries = tries.retried();
+                return out;
             }
         }
-        server.stats.retries.fetch_add(1, Ordering::Relaxed);
-        tried.push(server);
     }
-}
-
-/// A request that never reached a server, and where to send it next.
-enum Carried {
-    SameServer(Request<ProxyBody>),
-    Elsewhere(Request<ProxyBody>),
 }
 
 /// What is needed to (re)build the upstream request.
@@ -729,14 +673,14 @@ impl Head {
 
 fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, tls: bool, port: &HeaderValue) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let appended = headers.get(&xff).and_then(|prev| {
-        let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+    // Earlier hops, in order, then this client.
+    let mut v = Vec::new();
+    for prev in headers.get_all(&xff) {
         v.extend_from_slice(prev.as_bytes());
         v.extend_from_slice(b", ");
-        v.extend_from_slice(client_ip.as_bytes());
-        HeaderValue::from_bytes(&v).ok()
-    });
-    headers.insert(xff, appended.unwrap_or_else(|| client_ip.clone()));
+    }
+    v.extend_from_slice(client_ip.as_bytes());
+    headers.insert(xff, HeaderValue::from_bytes(&v).unwrap_or_else(|_| client_ip.clone()));
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(if tls { "https" } else { "http" }),

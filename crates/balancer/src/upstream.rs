@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use tokio::net::TcpStream;
 
+use crate::conn::LazyTimer;
 use crate::pool::Server;
 
 /// Idle connections kept per server.
@@ -80,8 +81,8 @@ pub struct Upstream {
     sender: Sender,
     driver: Pin<Box<Driver>>,
     closed: bool,
-    /// Server timeout, re-armed lazily (deadlines only move later).
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Server timeout.
+    timer: LazyTimer,
 }
 
 impl Upstream {
@@ -104,16 +105,35 @@ impl Upstream {
     }
 }
 
-/// Idle keep-alive connections to one server.
+/// A plain connection to a server, for the HTTP/1 fast path (which reads and writes it itself).
+pub(crate) struct RawConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Server timeout.
+    pub timer: LazyTimer,
+}
+
+impl RawConn {
+    /// Whether the server has closed (or written to) it while it sat idle: a read that would
+    /// block means it is still good to send on.
+    fn is_quiet(&self) -> bool {
+        matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Idle keep-alive connections to one server: hyper's for the general path, plain sockets for
+/// the HTTP/1 fast path.
 #[derive(Default)]
 pub struct ConnPool {
     idle: std::sync::Mutex<Vec<(Upstream, Instant)>>,
+    raw: std::sync::Mutex<Vec<(RawConn, Instant)>>,
 }
 
 impl std::fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.idle.lock().map(|v| v.len()).unwrap_or(0);
-        f.debug_struct("ConnPool").field("idle", &n).finish()
+        let raw = self.raw.lock().map(|v| v.len()).unwrap_or(0);
+        f.debug_struct("ConnPool").field("idle", &n).field("raw", &raw).finish()
     }
 }
 
@@ -138,9 +158,29 @@ impl ConnPool {
         }
     }
 
+    /// An idle plain connection that is still open, if there is one.
+    pub(crate) fn take_raw(&self) -> Option<RawConn> {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((c, since)) = raw.pop() {
+            if since.elapsed() < MAX_IDLE_AGE && c.is_quiet() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keeps a plain connection whose last response was read to its end.
+    pub(crate) fn put_raw(&self, c: RawConn) {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        if raw.len() < MAX_IDLE {
+            raw.push((c, Instant::now()));
+        }
+    }
+
     /// Drops every idle connection (the server is gone).
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.raw.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -179,11 +219,17 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, std::io::Error> {
+/// Opens a TCP connection to a server (Nagle off), within `timeout`.
+pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, std::io::Error> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, std::io::Error> {
+    let stream = dial(addr, timeout).await?;
     // One flat buffer per flush: a request head and a small body leave in one `send`,
     // cheaper in the kernel than `writev` over several slices.
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -191,8 +237,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, std::i
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
-    let timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
-    Ok(Upstream { sender, driver: Box::pin(conn.with_upgrades()), closed: false, timer })
+    Ok(Upstream { sender, driver: Box::pin(conn.with_upgrades()), closed: false, timer: LazyTimer::new() })
 }
 
 /// Waits until the connection can take a request, driving it meanwhile.
@@ -265,15 +310,8 @@ pub async fn exchange(
         if let Poll::Ready(r) = response.as_mut().poll(cx) {
             return Poll::Ready(Some(Some(r)));
         }
-        // Lazy timer: re-armed only when it fires before this request's deadline.
-        if timer.deadline() > deadline {
-            timer.as_mut().reset(deadline);
-        }
-        while timer.as_mut().poll(cx).is_ready() {
-            if tokio::time::Instant::now() >= deadline {
-                return Poll::Ready(None);
-            }
-            timer.as_mut().reset(deadline);
+        if timer.poll_expired(cx, deadline).is_ready() {
+            return Poll::Ready(None);
         }
         Poll::Pending
     })
