@@ -114,6 +114,8 @@ pub struct IoTimeouts {
     pub request_headers: Duration,
     /// An idle connection between requests is closed after this.
     pub keepalive: Duration,
+    /// A client that takes in none of its response for this long is dropped.
+    pub client: Duration,
 }
 
 /// The guarded socket.
@@ -122,6 +124,10 @@ pub struct GuardedIo<T> {
     state: Arc<ConnState>,
     timeouts: IoTimeouts,
     timer: LazyTimer,
+    /// Since when writes have been blocked, if they are.
+    write_blocked: Option<Instant>,
+    /// The timer for blocked writes (made when a write first blocks).
+    write_timer: Option<LazyTimer>,
     idle_since: Instant,
     head_started: Option<Instant>,
     head: Vec<u8>,
@@ -139,6 +145,8 @@ impl<T> GuardedIo<T> {
             state,
             timeouts,
             timer: LazyTimer::new(),
+            write_blocked: None,
+            write_timer: None,
             idle_since: now,
             head_started: None,
             head: Vec::new(),
@@ -183,6 +191,27 @@ impl<T> GuardedIo<T> {
         if cl && te {
             self.state.smuggling.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+impl<T> GuardedIo<T> {
+    /// Watches a write: one blocked for the client timeout fails with `TimedOut`.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        if polled.is_ready() {
+            self.write_blocked = None;
+            return polled;
+        }
+        let since = *self.write_blocked.get_or_insert_with(Instant::now);
+        let timer = self.write_timer.get_or_insert_with(LazyTimer::new);
+        if timer.poll_expired(cx, since + self.timeouts.client).is_ready() {
+            tracing::debug!("client took in nothing for {:?}: closing", self.timeouts.client);
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client timeout")));
+        }
+        Poll::Pending
     }
 }
 
@@ -253,7 +282,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -261,7 +291,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -283,7 +314,11 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn timeouts() -> IoTimeouts {
-        IoTimeouts { request_headers: Duration::from_millis(200), keepalive: Duration::from_millis(300) }
+        IoTimeouts {
+            request_headers: Duration::from_millis(200),
+            keepalive: Duration::from_millis(300),
+            client: Duration::from_millis(300),
+        }
     }
 
     #[tokio::test]

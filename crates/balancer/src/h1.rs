@@ -106,7 +106,7 @@ pub(crate) async fn serve<S: ClientIo>(
                 Ok(None) => {
                     ctx.state.timed_out.store(true, Ordering::Relaxed);
                     tracing::debug!(client = %ctx.client, "request head incomplete after {:?}: 408", timeouts.request_headers);
-                    let _ = io.write_all(RESPONSE_408).await;
+                    send(io, RESPONSE_408, timeouts.client).await;
                     return Served::Closed;
                 }
             }
@@ -153,6 +153,19 @@ async fn wait_readable<S: ClientIo>(
         timer.poll_expired(cx, deadline).map(|()| Wake::Timeout)
     })
     .await
+}
+
+/// Writes `bytes` to the client; false when it failed or the client took in nothing for
+/// `inactivity` (HAProxy's `timeout client`).
+async fn send<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], inactivity: Duration) -> bool {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match tokio::time::timeout(inactivity, io.write(rest)).await {
+            Ok(Ok(n)) if n > 0 => rest = &rest[n..],
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Reads more into `buf` before `deadline`: the count read (0 at end of stream), or `None` when
@@ -396,7 +409,7 @@ async fn forward<S: ClientIo>(io: &mut S, fe: &Frontend, req: &Request, close: b
     loop {
         let Some(server) = tries.next_server(&view, req.key.as_deref()) else {
             let f = tries.exhausted(&fe.stats);
-            return answer_locally(io, f, head_only, close).await.after(&tries);
+            return answer_locally(io, f, head_only, close, fe.timeouts.client).await.after(&tries);
         };
         server.stats.bytes_in.fetch_add(req.upstream.len() as u64, Ordering::Relaxed);
         let set_cookie = req
@@ -412,22 +425,30 @@ async fn forward<S: ClientIo>(io: &mut S, fe: &Frontend, req: &Request, close: b
                 if tries.answered(&server, answer.head.status) {
                     continue;
                 }
-                return relay(io, server, answer, fe.timeouts.server).await.after(&tries);
+                return relay(io, server, answer, &fe.timeouts).await.after(&tries);
             }
             Err(why) => why,
         };
         tracing::debug!(server = %server.name, ?why, "upstream attempt failed");
         match tries.failed(server, why) {
             Next::Resend | Next::Elsewhere => {}
-            Next::Fail(f) => return answer_locally(io, f, head_only, close).await.after(&tries),
+            Next::Fail(f) => {
+                return answer_locally(io, f, head_only, close, fe.timeouts.client).await.after(&tries);
+            }
         }
     }
 }
 
 /// Sends the balancer's own answer for a failed forward.
-async fn answer_locally<S: ClientIo>(io: &mut S, f: Failure, head_only: bool, close: bool) -> Outcome {
+async fn answer_locally<S: ClientIo>(
+    io: &mut S,
+    f: Failure,
+    head_only: bool,
+    close: bool,
+    client_timeout: Duration,
+) -> Outcome {
     let (status, text) = f.answer();
-    let sent = io.write_all(&local_answer(status, text, head_only, close)).await.is_ok();
+    let sent = send(io, &local_answer(status, text, head_only, close), client_timeout).await;
     Outcome {
         status: status.as_u16(),
         server: None,
@@ -528,7 +549,7 @@ async fn exchange<S: ClientIo>(
             return Ok(Answer { conn, buf, head, timing });
         }
         // 100 Continue, 103 Early Hints…: the client gets them as they come.
-        if io.write_all(&head.client_head).await.is_err() {
+        if !send(io, &head.client_head, timeouts.client).await {
             return Err(AttemptError::NoResponse);
         }
         buf.drain(..head.len);
@@ -541,8 +562,9 @@ async fn relay<S: ClientIo>(
     io: &mut S,
     server: Arc<Server>,
     answer: Answer,
-    server_timeout: Duration,
+    timeouts: &crate::config::Timeouts,
 ) -> Outcome {
+    let (client_timeout, server_timeout) = (timeouts.client, timeouts.server);
     let Answer { mut conn, mut buf, head, timing } = answer;
     let mut body = head.body;
     let mut out = head.client_head;
@@ -562,7 +584,7 @@ async fn relay<S: ClientIo>(
         let extra = start + taken < buf.len();
         out.extend_from_slice(&buf[start..start + taken]);
         bytes += taken as u64;
-        if io.write_all(&out).await.is_err() {
+        if !send(io, &out, client_timeout).await {
             client_ok = false;
             termination = *b"CD";
             break;

@@ -588,8 +588,11 @@ async fn serve_conn<S: ClientIo>(
     let open = fe.stats.current_connections.fetch_add(1, Ordering::Relaxed) + 1;
     fe.stats.max_connections.fetch_max(open, Ordering::Relaxed);
     fe.stats.connection_rate.hit(fe.stats.second(std::time::Instant::now()));
-    let timeouts =
-        IoTimeouts { request_headers: fe.timeouts.request_headers, keepalive: fe.timeouts.keepalive };
+    let timeouts = IoTimeouts {
+        request_headers: fe.timeouts.request_headers,
+        keepalive: fe.timeouts.keepalive,
+        client: fe.timeouts.client,
+    };
     let max_header = inner.cfg.lock().map(|c| c.limits.max_header_bytes).unwrap_or(16 * 1024);
     let mut shutdown = inner.shutdown.subscribe();
     match tls {

@@ -306,3 +306,63 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(TcpStream::connect(h.front).await.is_err(), "no longer accepting");
 }
+
+/// A server that answers every request with a 64 MiB body, written as fast as it is taken.
+async fn firehose_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                if s.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n").await;
+                let zeros = vec![0u8; 64 * 1024];
+                while s.write_all(&zeros).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_client_timeout() {
+    let mut p = PoolConfig::new("backend", "backend", 3000);
+    p.health.enabled = false;
+    let mut cfg =
+        BalancerConfig::simple(vec!["127.0.0.1:0".parse().unwrap()], p, Some("127.0.0.1:0".parse().unwrap()));
+    cfg.timeouts.client = Duration::from_millis(300);
+    let h = Harness::with_config(cfg).await;
+    h.set(vec![member("firehose", firehose_backend().await, Alive, &[])]);
+    h.wait_serving(1).await;
+    // A bodiless GET (the HTTP/1 fast path) and a POST with a body (the general path).
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+    ] {
+        let mut s = TcpStream::connect(h.front).await.unwrap();
+        s.write_all(request).await.unwrap();
+        // Read nothing while the socket buffers fill up, well past the client timeout.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "the balancer closed the connection");
+        assert!(
+            got < 64 << 20,
+            "the response was cut short ({got} bytes) for {:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+}
