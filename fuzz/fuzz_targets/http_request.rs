@@ -1,6 +1,7 @@
 //! Fuzzes the balancer's client side: arbitrary bytes from a client, served by a real balancer
-//! (the guarded socket with its head deadline and smuggling check, hyper's HTTP/1 and HTTP/2,
-//! limits, routing, the proxy) whose pools are empty, over an in-memory connection.
+//! (the HTTP/1 fast path, the hand-over to the general path: the guarded socket with its head
+//! deadline and smuggling check, hyper's HTTP/1 and HTTP/2, limits; routing, the proxy) whose
+//! pools are empty, over an in-memory connection.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};

@@ -572,9 +572,19 @@ async fn relay<S: ClientIo>(
     let mut complete = false;
     let mut client_ok = true;
     let mut start = head.len;
+    let mut status = head.status;
     loop {
         let (taken, done) = match body.take(&buf[start..]) {
             Ok(t) => t,
+            Err(()) if bytes == 0 && !out.is_empty() => {
+                // Broken framing before anything went to the client: it gets a clean 502.
+                server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
+                let (code, text) = Failure::BadResponse.answer();
+                send(io, &local_answer(code, text, false, true), client_timeout).await;
+                (status, termination, bytes) =
+                    (code.as_u16(), Failure::BadResponse.termination(), text.len() as u64);
+                break;
+            }
             Err(()) => {
                 server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
                 termination = *b"SD";
@@ -618,7 +628,7 @@ async fn relay<S: ClientIo>(
         server.conns.put_raw(conn);
     }
     Outcome {
-        status: head.status,
+        status,
         server: Some(server),
         timing,
         answered: true,

@@ -80,6 +80,7 @@ fn script(target: &str) -> (&'static [u8], bool) {
             false,
         ),
         "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+        "/bad-chunk" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false),
         "/until-close" => (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end", true),
         "/then-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye", true),
         _ => (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false),
@@ -153,6 +154,12 @@ async fn every_response_framing_is_relayed_on_one_kept_alive_connection() {
 
     let conns: Vec<usize> = seen.heads().iter().map(|(c, _)| *c).collect();
     assert_eq!(conns, vec![0; 5], "the server connection was pooled and reused for every request");
+
+    // Framing broken before anything reached the client: a clean 502, and that connection is done.
+    let broken = ask(&mut s, &mut buf, "/bad-chunk", "invalid response from the server\n").await;
+    assert!(broken.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{broken}");
+    let s = h.balancer.pools()["backend"].server("scripted").unwrap();
+    assert_eq!(s.stats.response_errors.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
