@@ -103,6 +103,11 @@ pub(crate) async fn serve<S: ClientIo>(
             match read_until(io, &mut buf, &mut timer, deadline).await {
                 Ok(Some(0)) | Err(_) => return Served::Closed,
                 Ok(Some(_)) => {}
+                Ok(None) if buf.is_empty() => {
+                    // Woken, yet nothing came: an idle connection, closed without a word.
+                    ctx.state.timed_out.store(true, Ordering::Relaxed);
+                    return Served::Closed;
+                }
                 Ok(None) => {
                     ctx.state.timed_out.store(true, Ordering::Relaxed);
                     tracing::debug!(client = %ctx.client, "request head incomplete after {:?}: 408", timeouts.request_headers);

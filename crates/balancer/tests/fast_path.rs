@@ -260,3 +260,30 @@ async fn echo_harness() -> Harness {
     h.wait_serving(1).await;
     h
 }
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_closed_without_a_word() {
+    let mut p = PoolConfig::new("backend", "backend", 3000);
+    p.health.enabled = false;
+    let mut cfg = shoal_balancer::BalancerConfig::simple(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        p,
+        Some("127.0.0.1:0".parse().unwrap()),
+    );
+    cfg.timeouts.request_headers = Duration::from_millis(300);
+    cfg.timeouts.keepalive = Duration::from_millis(300);
+    let h = Harness::with_config(cfg).await;
+    let (server, _) = scripted_server(script).await;
+    h.set(vec![member("scripted", server, Alive, &[])]);
+    h.wait_serving(1).await;
+    // Silent from the start, and silent after a request: both end with no bytes (no 408).
+    let mut silent = TcpStream::connect(h.front).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), silent.read_to_end(&mut out)).await.unwrap().unwrap();
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    let mut s = TcpStream::connect(h.front).await.unwrap();
+    let mut buf = Vec::new();
+    ask(&mut s, &mut buf, "/length", "hello").await;
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+}
