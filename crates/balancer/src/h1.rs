@@ -528,6 +528,7 @@ async fn exchange<S: ClientIo>(
     let deadline = Instant::now() + timeouts.server;
     let mut gone = std::pin::pin!(server.failed());
     let mut buf = Vec::with_capacity(READ_SIZE);
+    let mut heard = false; // any byte of an answer (an interim head counts)
     loop {
         let head = loop {
             match parse_response(&buf, extras) {
@@ -542,9 +543,9 @@ async fn exchange<S: ClientIo>(
                 r = read_until(stream, &mut buf, timer, deadline) => r,
             };
             match read {
-                Ok(Some(n)) if n > 0 => {}
+                Ok(Some(n)) if n > 0 => heard = true,
                 Ok(None) => return Err(AttemptError::Timeout),
-                _ if buf.is_empty() => return Err(lost),
+                _ if !heard => return Err(lost),
                 _ => return Err(AttemptError::NoResponse),
             }
         };
@@ -574,7 +575,8 @@ async fn relay<S: ClientIo>(
     let mut body = head.body;
     let mut out = head.client_head;
     let (mut bytes, mut termination) = (0u64, *b"--");
-    let mut complete = false;
+    // The body reached its end; and nothing followed it (else the server connection is not reused).
+    let (mut complete, mut clean) = (false, false);
     let mut client_ok = true;
     let mut start = head.len;
     let mut status = head.status;
@@ -606,7 +608,7 @@ async fn relay<S: ClientIo>(
         }
         if done {
             // Bytes past the end of the body: the server is not speaking HTTP/1.1 properly.
-            complete = !extra;
+            (complete, clean) = (true, !extra);
             break;
         }
         out.clear();
@@ -629,7 +631,7 @@ async fn relay<S: ClientIo>(
         }
     }
     server.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-    if complete && head.server_keeps {
+    if complete && clean && head.server_keeps {
         server.conns.put_raw(conn);
     }
     Outcome {

@@ -82,6 +82,7 @@ fn script(target: &str) -> (&'static [u8], bool) {
         "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
         "/bad-chunk" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false),
         "/until-close" => (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end", true),
+        "/extra" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", false),
         "/then-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye", true),
         _ => (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false),
     }
@@ -181,8 +182,15 @@ async fn a_body_that_runs_to_the_end_of_the_connection_closes_the_clients_too() 
     ask(&mut s, &mut buf, "/then-close", "bye").await;
     let again = ask(&mut s, &mut buf, "/length", "hello").await;
     assert!(again.starts_with("HTTP/1.1 200 OK"), "{again}");
+    // A server that sends more than its length said: the client gets the answer and keeps its
+    // connection; that server connection is not used again.
+    let extra = ask(&mut s, &mut buf, "/extra", "\r\n\r\nok").await;
+    assert!(extra.starts_with("HTTP/1.1 200 OK"), "{extra}");
+    let after = ask(&mut s, &mut buf, "/length", "hello").await;
+    assert!(after.starts_with("HTTP/1.1 200 OK"), "{after}");
+    assert!(!after.contains("EXTRA") && buf.is_empty(), "{after}");
     let conns: Vec<usize> = seen.heads().iter().map(|(c, _)| *c).collect();
-    assert_eq!(conns, vec![0, 1, 2], "no request went to a connection the server had closed");
+    assert_eq!(conns, vec![0, 1, 2, 2, 3], "no request went to a connection the server had closed");
 }
 
 #[tokio::test]
