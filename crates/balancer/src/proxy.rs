@@ -612,11 +612,11 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
             }
             Err(e) => e,
         };
-        // A client body that broke or ran over the limit is the client's fault, whatever hyper called it.
+        // A client body that broke, ran over the limit or could not be sent is the client's
+        // fault, whatever hyper called it.
         let client_fault = if report.too_large.load(Ordering::Relaxed) {
             Some((StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", b"PR"))
         } else if report.broken.load(Ordering::Relaxed) || matches!(failure, UpstreamError::ClientBody(_)) {
-            // (also the body hyper could not send: the client's stream failed)
             Some((StatusCode::BAD_REQUEST, "Bad request body\n", b"CD"))
         } else {
             None
@@ -636,6 +636,7 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
                 carried = Some(*req);
                 AttemptError::Connect
             }
+            // (ClientBody was answered above as the client's fault.)
             UpstreamError::NoResponse(_) | UpstreamError::ServerFailed | UpstreamError::ClientBody(_) => {
                 AttemptError::NoResponse
             }
