@@ -510,11 +510,8 @@ async fn exchange<S: ClientIo>(
     let (mut conn, reused) = match server.conns.take_raw() {
         Some(c) => (c, true),
         None => {
-            let started = std::time::Instant::now();
-            let stream = dial(server.addr, timeouts.connect).await.map_err(|_| AttemptError::Connect)?;
-            let took = started.elapsed();
-            server.stats.connect_time.observe(took);
-            timing.connect = Some(took);
+            let stream =
+                dial(server, timeouts.connect, &mut timing).await.map_err(|_| AttemptError::Connect)?;
             (RawConn { stream, timer: LazyTimer::new() }, false)
         }
     };

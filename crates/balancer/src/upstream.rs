@@ -6,7 +6,6 @@
 //! shared by two requests and a half-read response never poisons the next one.
 //! Requests use origin-form URIs, exactly as the client sent them.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -121,66 +120,83 @@ impl RawConn {
     }
 }
 
-/// Idle keep-alive connections to one server: hyper's for the general path, plain sockets for
-/// the HTTP/1 fast path.
-#[derive(Default)]
-pub struct ConnPool {
-    idle: std::sync::Mutex<Vec<(Upstream, Instant)>>,
-    raw: std::sync::Mutex<Vec<(RawConn, Instant)>>,
-}
+/// Idle connections of one kind, newest on top; none is kept past [`MAX_IDLE_AGE`].
+struct IdleStack<C>(std::sync::Mutex<Vec<(C, Instant)>>);
 
-impl std::fmt::Debug for ConnPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.idle.lock().map(|v| v.len()).unwrap_or(0);
-        let raw = self.raw.lock().map(|v| v.len()).unwrap_or(0);
-        f.debug_struct("ConnPool").field("idle", &n).field("raw", &raw).finish()
+impl<C> Default for IdleStack<C> {
+    fn default() -> Self {
+        IdleStack(std::sync::Mutex::new(Vec::new()))
     }
 }
 
-impl ConnPool {
-    fn take(&self) -> Option<Upstream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((s, since)) = idle.pop() {
-            if !s.closed && since.elapsed() < MAX_IDLE_AGE {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put(&self, s: Upstream) {
-        if s.closed || s.sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push((s, Instant::now()));
-        }
-    }
-
-    /// An idle plain connection that is still open, if there is one.
-    pub(crate) fn take_raw(&self) -> Option<RawConn> {
-        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((c, since)) = raw.pop() {
-            if since.elapsed() < MAX_IDLE_AGE && c.is_quiet() {
+impl<C> IdleStack<C> {
+    /// The newest connection young enough that `usable` accepts (older ones are dropped).
+    fn take(&self, usable: impl Fn(&C) -> bool) -> Option<C> {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((c, since)) = idle.pop() {
+            if since.elapsed() < MAX_IDLE_AGE && usable(&c) {
                 return Some(c);
             }
         }
         None
     }
 
+    /// Keeps a connection, unless [`MAX_IDLE`] are kept already.
+    fn put(&self, c: C) {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((c, Instant::now()));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Idle keep-alive connections to one server: hyper's for the general path, plain sockets for
+/// the HTTP/1 fast path.
+#[derive(Default)]
+pub struct ConnPool {
+    idle: IdleStack<Upstream>,
+    raw: IdleStack<RawConn>,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnPool").field("idle", &self.idle.len()).field("raw", &self.raw.len()).finish()
+    }
+}
+
+impl ConnPool {
+    fn take(&self) -> Option<Upstream> {
+        self.idle.take(|s| !s.closed)
+    }
+
+    fn put(&self, s: Upstream) {
+        if !s.closed && !s.sender.is_closed() {
+            self.idle.put(s);
+        }
+    }
+
+    /// An idle plain connection that is still open, if there is one.
+    pub(crate) fn take_raw(&self) -> Option<RawConn> {
+        self.raw.take(RawConn::is_quiet)
+    }
+
     /// Keeps a plain connection whose last response was read to its end.
     pub(crate) fn put_raw(&self, c: RawConn) {
-        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        if raw.len() < MAX_IDLE {
-            raw.push((c, Instant::now()));
-        }
+        self.raw.put(c);
     }
 
     /// Drops every idle connection (the server is gone).
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.raw.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.idle.clear();
+        self.raw.clear();
     }
 }
 
@@ -219,17 +235,30 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-/// Opens a TCP connection to a server (Nagle off), within `timeout`.
-pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, std::io::Error> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// Opens a TCP connection to a server (Nagle off) within `timeout`; the time it took is
+/// counted in the server's connect times and written to `timing`.
+pub(crate) async fn dial(
+    server: &Server,
+    timeout: Duration,
+    timing: &mut Timing,
+) -> Result<TcpStream, std::io::Error> {
+    let started = std::time::Instant::now();
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
     stream.set_nodelay(true)?;
+    let took = started.elapsed();
+    server.stats.connect_time.observe(took);
+    timing.connect = Some(took);
     Ok(stream)
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, std::io::Error> {
-    let stream = dial(addr, timeout).await?;
+async fn connect(
+    server: &Server,
+    timeout: Duration,
+    timing: &mut Timing,
+) -> Result<Upstream, std::io::Error> {
+    let stream = dial(server, timeout, timing).await?;
     // One flat buffer per flush: a request head and a small body leave in one `send`,
     // cheaper in the kernel than `writev` over several slices.
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -276,18 +305,10 @@ pub async fn exchange(
     let mut timing = Timing::default();
     let mut up = match pooled {
         Some(up) => up,
-        None => {
-            let started = std::time::Instant::now();
-            match connect(server.addr, connect_timeout).await {
-                Ok(up) => {
-                    let took = started.elapsed();
-                    server.stats.connect_time.observe(took);
-                    timing.connect = Some(took);
-                    up
-                }
-                Err(e) => return Err(UpstreamError::Connect(Box::new(req), e)),
-            }
-        }
+        None => match connect(server, connect_timeout, &mut timing).await {
+            Ok(up) => up,
+            Err(e) => return Err(UpstreamError::Connect(Box::new(req), e)),
+        },
     };
     let sending = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + server_timeout;
