@@ -124,11 +124,12 @@ struct Backend {
 
 fn start_backend(name: &str, seed: SocketAddr) -> Backend {
     let port = free_port();
-    let (app, _) = shoal(
+    let (mut app, log) = shoal(
         &format!("{name}-app"),
         &["webapp", &format!("--listen=127.0.0.1:{port}")],
         &[("SERVER_NAME", name)],
     );
+    app.wait_listening(addr(port), &log);
     let agent = shoal_agent(
         name,
         addr(free_port()),
@@ -259,7 +260,15 @@ fn joins_and_leaves_under_load(kind: ProxyKind) {
     let mut backends = Vec::new();
     for i in 1..=BACKENDS {
         let b = start_backend(&format!("web-{i}"), seed);
-        load.wait(&format!("{} is routed to", b.name), |s| s.hosts.contains_key(&b.name));
+        let routed = wait_for(Duration::from_secs(20), || load.seen(|s| s.hosts.contains_key(&b.name)));
+        assert!(
+            routed.is_some(),
+            "{} is never routed to; answers so far: {:?}\nthe live config:\n{}\nrender's log:\n{}",
+            b.name,
+            load.seen(|s| s.hosts.clone()),
+            std::fs::read_to_string(&dest).unwrap_or_default(),
+            std::fs::read_to_string(&render_log).unwrap_or_default(),
+        );
         backends.push(b);
     }
     // web-20 may have been seen through a new worker while an old one still answers with 19.

@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -21,15 +21,28 @@ pub fn require(tool: &str) -> bool {
     found
 }
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
 
-/// A loopback port free for both UDP and TCP (gossip needs both).
+/// The lowest port the kernel picks for outgoing connections. Test servers take ports below
+/// it: a port in that range can be taken between our probe and the server's bind by any of the
+/// short-lived client connections the load tests open by the thousand.
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A loopback port free for both UDP and TCP (gossip needs both), below the ephemeral range.
 pub fn free_port() -> u16 {
-    // Spread test processes apart, then probe upwards.
-    let start = 20_000 + (std::process::id() % 400) as u16 * 100;
+    const LOWEST: u32 = 10_000;
+    const SPREAD: u32 = 100;
+    let span = (u32::from(ephemeral_floor()).max(LOWEST + 10 * SPREAD)) - LOWEST;
+    // Spread test processes apart, then probe upwards (wrapping within the span).
+    let start = (std::process::id() % (span / SPREAD)) * SPREAD + 1;
     let _ = NEXT_PORT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
     loop {
-        let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let port = (LOWEST + NEXT_PORT.fetch_add(1, Ordering::SeqCst) % span) as u16;
         let tcp = TcpListener::bind(("127.0.0.1", port));
         let udp = UdpSocket::bind(("127.0.0.1", port));
         if tcp.is_ok() && udp.is_ok() {
@@ -56,6 +69,18 @@ impl Proc {
     /// Sends a signal to this process.
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Waits until this process accepts TCP connections at `at`; panics with its log
+    /// (the path `shoal` returned) if it exits first or takes more than ten seconds.
+    pub fn wait_listening(&mut self, at: SocketAddr, log: &std::path::Path) {
+        let up = wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(at).is_ok() || matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if up.is_none() || matches!(self.child.try_wait(), Ok(Some(_))) {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{} does not listen on {at}:\n{log}", self.name);
+        }
     }
 
     /// Waits for exit, up to `timeout`; returns the exit code.
