@@ -4,16 +4,15 @@
 //! pools are empty, over an in-memory connection.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use shoal_agent::Membership;
-use shoal_balancer::{Balancer, BalancerConfig};
-use shoal_gossip::{Member, MemberStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::runtime::Runtime;
-use tokio::sync::watch;
+
+#[path = "shared/balancer.rs"]
+mod balancer;
+use balancer::World;
 
 /// Two frontends' worth of routes and pools with every hashing algorithm and stickiness, all
 /// empty: requests are parsed, checked, routed and answered by the balancer itself.
@@ -58,37 +57,15 @@ max_header_bytes = 8192
 max_body_bytes = 4096
 "#;
 
-struct World {
-    rt: Runtime,
-    balancer: Balancer,
-    _members: watch::Sender<Arc<Membership>>,
-}
-
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
-    WORLD.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let local = Member {
-            name: Arc::from("ha"),
-            addr: "127.0.0.1:7946".parse().unwrap(),
-            tags: Arc::default(),
-            status: MemberStatus::Alive,
-            versions: [1, 5, 2, 2, 5, 5],
-        };
-        let (tx, rx) = watch::channel(Arc::new(Membership { local: local.clone(), members: vec![local] }));
-        let cfg = BalancerConfig::from_toml(CONFIG).expect("the fuzzing configuration is valid");
-        let balancer = rt.block_on(Balancer::start(cfg, rx)).expect("the balancer starts");
-        World { rt, balancer, _members: tx }
-    })
+    WORLD.get_or_init(|| World::start(balancer::runtime(), CONFIG, Vec::new(), &[]))
 }
 
 fuzz_target!(|data: &[u8]| {
     let w = world();
     let answer = w.rt.block_on(async {
-        let (client, server) = tokio::io::duplex(256 * 1024);
-        let b = w.balancer.clone();
-        let conn =
-            tokio::spawn(async move { b.serve_connection(server, "10.1.2.3:40000".parse().unwrap()).await });
+        let (client, conn) = w.connect();
         let (mut rd, mut wr) = tokio::io::split(client);
         let write = async {
             let _ = wr.write_all(data).await;

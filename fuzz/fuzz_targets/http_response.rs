@@ -9,13 +9,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use shoal_agent::Membership;
-use shoal_balancer::{Balancer, BalancerConfig};
-use shoal_gossip::{Member, MemberStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
-use tokio::sync::watch;
+
+#[path = "shared/balancer.rs"]
+mod balancer;
+use balancer::{World, member};
 
 const CONFIG: &str = r#"
 access_log = "off"
@@ -35,21 +34,10 @@ server = "2s"
 client = "2s"
 "#;
 
-struct World {
-    rt: Runtime,
-    balancer: Balancer,
+/// The balancer, and the answer its one server gives next.
+struct Fixture {
+    world: World,
     reply: Arc<Mutex<Vec<u8>>>,
-    _members: watch::Sender<Arc<Membership>>,
-}
-
-fn member(name: &str, addr: SocketAddr, tags: &[(&str, &str)]) -> Member {
-    Member {
-        name: Arc::from(name),
-        addr,
-        tags: Arc::new(tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-        status: MemberStatus::Alive,
-        versions: [1, 5, 2, 2, 5, 5],
-    }
 }
 
 /// A server that reads a request and answers it with the current input, then closes.
@@ -71,36 +59,22 @@ async fn server(reply: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
     addr
 }
 
-fn world() -> &'static World {
-    static WORLD: OnceLock<World> = OnceLock::new();
-    WORLD.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let rt = balancer::runtime();
         let reply = Arc::new(Mutex::new(Vec::new()));
-        let addr = rt.block_on(server(reply.clone()));
-        let port = addr.port().to_string();
-        let local = member("ha", "127.0.0.1:7946".parse().unwrap(), &[("role", "balancer")]);
-        let app = member("app", "127.0.0.1:7947".parse().unwrap(), &[("role", "backend"), ("port", &port)]);
-        let (tx, rx) = watch::channel(Arc::new(Membership { local: local.clone(), members: vec![app, local] }));
-        let cfg = BalancerConfig::from_toml(CONFIG).expect("the fuzzing configuration is valid");
-        let balancer = rt.block_on(async {
-            let b = Balancer::start(cfg, rx).await.expect("the balancer starts");
-            while b.pools()["app"].view().servers.is_empty() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            b
-        });
-        World { rt, balancer, reply, _members: tx }
+        let port = rt.block_on(server(reply.clone())).port().to_string();
+        let app = member("app", "127.0.0.1:7947", &[("role", "backend"), ("port", &port)]);
+        Fixture { world: World::start(rt, CONFIG, vec![app], &["app"]), reply }
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let w = world();
-    *w.reply.lock().expect("not poisoned") = data.to_vec();
-    let answer = w.rt.block_on(async {
-        let (mut client, server) = tokio::io::duplex(256 * 1024);
-        let b = w.balancer.clone();
-        let conn =
-            tokio::spawn(async move { b.serve_connection(server, "10.1.2.3:40000".parse().unwrap()).await });
+    let f = fixture();
+    *f.reply.lock().expect("not poisoned") = data.to_vec();
+    let answer = f.world.rt.block_on(async {
+        let (mut client, conn) = f.world.connect();
         let _ = client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         let mut answer = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer)).await;

@@ -170,7 +170,8 @@ impl<'p> Attempts<'p> {
         }
         let retry = matches!(status, 502..=504) && self.may_retry(RetryOn::Gateway);
         if retry {
-            self.retry_elsewhere(server.clone());
+            server.active.fetch_sub(1, Ordering::Relaxed);
+            self.note_retry(server.clone());
         }
         retry
     }
@@ -228,11 +229,6 @@ impl<'p> Attempts<'p> {
 
     fn may_retry(&self, why: RetryOn) -> bool {
         self.can_retry && self.attempts < self.max_attempts && self.pool.cfg.retry_on.contains(&why)
-    }
-
-    fn retry_elsewhere(&mut self, server: Arc<Server>) {
-        server.active.fetch_sub(1, Ordering::Relaxed);
-        self.note_retry(server);
     }
 
     fn note_retry(&mut self, server: Arc<Server>) {
