@@ -10,6 +10,11 @@
 //! ([`output`]). A failed render or check keeps the destination and the
 //! running service untouched and is retried on the next change.
 //!
+//! Membership is remote input: a member's name or tag may hold a newline, which written
+//! into a config file would add directives of the member's choosing. An output that would
+//! hold any member value with a control character is refused before anything is staged,
+//! checked or run ([`Outcome::Refused`], naming the member and the value; see [`Model`]).
+//!
 //! Membership comes from an agent in the same process ([`Cluster::from_membership`])
 //! or from any agent's RPC — Shoal's or real Serf's ([`rpc_source`]).
 
@@ -25,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use config::{ConfigError, RenderConfig, TemplateSpec, Wait};
-pub use model::{Cluster, MemberView, Selection};
+pub use model::{Cluster, MemberView, Model, Refused, Selection};
 
 /// What happened to one template on one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +44,9 @@ pub enum Outcome {
     },
     /// The template did not read or render: the destination is untouched.
     RenderFailed(String),
+    /// The output would hold member values with control characters (a name or tag that
+    /// would add lines to the file): nothing written or run, the destination is untouched.
+    Refused(Refused),
     /// The check refused the staged output: the destination is untouched.
     CheckFailed(output::CommandOutcome),
     /// The file could not be written.
@@ -56,17 +64,20 @@ impl Outcome {
     }
 }
 
-/// Renders one template for `data` and puts the result in place.
-pub async fn apply(spec: &TemplateSpec, data: &serde_json::Value, strict: bool) -> Outcome {
+/// Renders one template for `model` and puts the result in place.
+pub async fn apply(spec: &TemplateSpec, model: &Model, strict: bool) -> Outcome {
     let text = match std::fs::read_to_string(&spec.source) {
         Ok(t) => t,
         Err(e) => return Outcome::RenderFailed(format!("cannot read {}: {e}", spec.source.display())),
     };
     let name = spec.source.display().to_string();
-    let rendered = match template::render(&name, &text, data, strict) {
+    let rendered = match template::render(&name, &text, model.data(), strict) {
         Ok(r) => r,
         Err(e) => return Outcome::RenderFailed(e.0),
     };
+    if let Err(refused) = model.check(&rendered) {
+        return Outcome::Refused(refused);
+    }
     if std::fs::read(&spec.destination).is_ok_and(|current| current == rendered.as_bytes()) {
         return Outcome::Unchanged;
     }
@@ -98,11 +109,11 @@ pub async fn apply(spec: &TemplateSpec, data: &serde_json::Value, strict: bool) 
 
 /// Renders every template once for `cluster`, logging each outcome.
 pub async fn render_all(cfg: &RenderConfig, cluster: &Cluster) -> Vec<Outcome> {
-    let data = model::model(cluster, &cfg.selection());
-    let backends = data["addresses"].as_array().map_or(0, Vec::len);
+    let model = Model::build(cluster, &cfg.selection());
+    let backends = model.data()["addresses"].as_array().map_or(0, Vec::len);
     let mut outcomes = Vec::with_capacity(cfg.templates.len());
     for spec in &cfg.templates {
-        let outcome = apply(spec, &data, cfg.strict).await;
+        let outcome = apply(spec, &model, cfg.strict).await;
         log(spec, &outcome, backends);
         outcomes.push(outcome);
     }
@@ -123,6 +134,10 @@ fn log(spec: &TemplateSpec, outcome: &Outcome, backends: usize) {
         Outcome::RenderFailed(e) => {
             tracing::error!(%dest, error = %e, "template failed: destination kept; retrying on the next change")
         }
+        Outcome::Refused(e) => tracing::error!(
+            %dest, error = %e,
+            "refused: destination and service kept, no check or command run; rendering again on the next change"
+        ),
         Outcome::CheckFailed(c) => tracing::error!(
             %dest, status = %c.status, output = %c.output,
             "check refused the new file: destination and service kept; retrying on the next change"
@@ -254,8 +269,8 @@ mod tests {
         (d, spec)
     }
 
-    fn data(hosts: &[&str]) -> serde_json::Value {
-        serde_json::json!({ "addresses": hosts.iter().map(|h| serde_json::json!({"host": h, "ip": "10.0.0.1"})).collect::<Vec<_>>() })
+    fn data(hosts: &[&str]) -> Model {
+        serde_json::json!({ "addresses": hosts.iter().map(|h| serde_json::json!({"host": h, "ip": "10.0.0.1"})).collect::<Vec<_>>() }).into()
     }
 
     fn files(d: &std::path::Path) -> Vec<String> {
@@ -301,6 +316,111 @@ mod tests {
         assert_eq!(std::fs::read_to_string(d.join("out.cfg")).unwrap(), "server a\nserver b\n");
         assert_eq!(std::fs::read_to_string(d.join("commands")).unwrap(), "ran\nran\n");
         assert_eq!(files(&d), ["commands", "out.cfg", "t.hbs"]);
+    }
+
+    fn member(name: &str, tags: &[(&str, &str)]) -> MemberView {
+        let mut tags: std::collections::BTreeMap<String, String> =
+            tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        tags.insert("role".into(), "backend".into());
+        MemberView { name: name.into(), addr: "10.0.0.9:7946".parse().unwrap(), status: "alive".into(), tags }
+    }
+
+    fn guarded(members: Vec<MemberView>) -> Model {
+        Model::build(&Cluster { local: Some("ha".into()), members }, &Selection::default())
+    }
+
+    /// A member whose name or tag holds newlines would add directives to the file: the
+    /// render is refused (naming the member), the file keeps its bytes, neither the check nor
+    /// the command runs; once the member is gone, the next render goes through.
+    #[tokio::test]
+    async fn member_values_with_control_characters_are_refused_and_nothing_runs() {
+        let template = "global\n{{#each backends}}    server {{name}} {{addr}} # {{tags.zone}}\n{{/each}}";
+        let (d, mut spec) = setup("refuse", template);
+        spec.check = Some(format!("echo checked >> {}/commands", d.display()));
+        let ok = apply(&spec, &guarded(vec![member("web-1", &[("zone", "eu")])]), false).await;
+        assert!(matches!(&ok, Outcome::Written { command: Some(c) } if c.ok), "{ok:?}");
+        let good = std::fs::read(d.join("out.cfg")).unwrap();
+        assert_eq!(good, b"global\n    server web-1 10.0.0.9:3000 # eu\n");
+
+        let evil = "x\nprogram x\n  command /bin/touch /tmp/pwned";
+        let name = guarded(vec![member("web-1", &[("zone", "eu")]), member(evil, &[])]);
+        let tag =
+            guarded(vec![member("web-1", &[("zone", "eu\nglobal\n  stats socket /tmp/s level admin")])]);
+        let mut triple = spec.clone();
+        std::fs::write(
+            d.join("t3.hbs"),
+            "{{#each members}}{{{name}}} {{json name}} {{haproxy_name name}}\n{{/each}}",
+        )
+        .unwrap();
+        triple.source = d.join("t3.hbs");
+        for (model, template, want) in [
+            (&name, &spec, r#"member "x\nprogram x\n  command /bin/touch /tmp/pwned": its name holds"#),
+            (&tag, &spec, r#"member "web-1": its tag "zone" holds a control character (U+000A)"#),
+            (&name, &triple, r#"member "x\nprogram x\n  command /bin/touch /tmp/pwned": its name holds"#),
+        ] {
+            match apply(template, model, false).await {
+                Outcome::Refused(e) => assert!(e.to_string().starts_with(want), "{e}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read(d.join("out.cfg")).unwrap(), good, "the file keeps its bytes");
+        assert_eq!(
+            std::fs::read_to_string(d.join("commands")).unwrap(),
+            "checked\nran\n",
+            "nothing ran since"
+        );
+
+        // A value that only steers the template is no harm; the bad member gone, renders resume.
+        std::fs::write(
+            d.join("t.hbs"),
+            "{{#each members}}{{#if (eq name \"web-1\")}}{{addr}}{{/if}}{{/each}}\n",
+        )
+        .unwrap();
+        assert!(matches!(apply(&spec, &name, false).await, Outcome::Written { .. }));
+        std::fs::write(d.join("t.hbs"), template).unwrap();
+        let after = guarded(vec![member("web-1", &[("zone", "eu")]), member("web-2", &[])]);
+        assert!(matches!(apply(&spec, &after, false).await, Outcome::Written { command: Some(c) } if c.ok));
+        assert_eq!(
+            std::fs::read_to_string(d.join("out.cfg")).unwrap(),
+            "global\n    server web-1 10.0.0.9:3000 # eu\n    server web-2 10.0.0.9:3000 # \n"
+        );
+        assert_eq!(files(&d), ["commands", "out.cfg", "t.hbs", "t3.hbs"], "no staged file left");
+    }
+
+    /// Every way a template can put a value into its output is covered, not only `{{x}}`.
+    #[tokio::test]
+    async fn a_refused_value_is_found_however_the_template_writes_it() {
+        let evil = "a\nb";
+        let m = Model::build(
+            &Cluster {
+                local: Some(evil.into()),
+                members: vec![member(evil, &[("k\nx", "v"), ("zone", "z\r")])],
+            },
+            &Selection::default(),
+        );
+        for text in [
+            "{{name}}",
+            "{{{host}}}",
+            "{{& name}}",
+            "{{lookup this \"name\"}}",
+            "{{join (pluck @root.members \"name\") \",\"}}",
+            "{{#each tags}}{{@key}}{{/each}}",
+            "{{tags.zone}}",
+            "{{default name \"x\"}}",
+            "{{#*inline \"p\"}}{{name}}{{/inline}}{{> p}}",
+            "{{nginx_string name}}",
+            "{{shell_quote name}}",
+            "{{json this}}",
+            "{{@root.local.name}}",
+        ] {
+            let out =
+                template::render("t", &format!("{{{{#each backends}}}}{text}{{{{/each}}}}"), m.data(), true)
+                    .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(m.check(&out).is_err(), "{text} renders {out:?}, which passes");
+        }
+        let out =
+            template::render("t", "{{#each backends}}{{ip}} {{len tags}}{{/each}}", m.data(), true).unwrap();
+        assert_eq!(m.check(&out), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,21 @@
 //! - `(default VALUE "fallback")`: VALUE unless it is missing, null or empty;
 //! - `eq`, `ne`, `gt`, `lt`, `and`, `or`, `not`, `len` are Handlebars' own.
 //!
+//! And helpers that shape a value for the format a template writes:
+//!
+//! - `{{haproxy_name host}}`: a valid HAProxy server, backend or frontend name: every
+//!   character outside `A-Z a-z 0-9 . _ : -` becomes `_` (so `web 1#x` is `web_1_x`; two
+//!   names that differ only there collide, and `haproxy -c` refuses the duplicate);
+//! - `{{nginx_string x}}`: a double-quoted nginx string: `"` and `\` escaped; `$` (which nginx
+//!   would expand as a variable and cannot escape) and control characters become `_`;
+//! - `{{json x}}`: x as JSON (a string quoted and escaped, a number, an object…), on one line;
+//! - `{{shell_quote x}}`: x as one `/bin/sh` word in single quotes (`'it'\''s'`).
+//!
+//! Whatever a template does, a member value holding a control character (a name or tag with a
+//! newline) never reaches a written file: [`crate::model::Model`] replaces such values by
+//! markers and [`crate::apply`] refuses any output that holds one. The helpers above are for
+//! values that are valid but not safe as they are in a format: a space in a name, a quote.
+//!
 //! Handlebars parses and renders recursively and has no limits of its own, so a template is
 //! bounded before it runs: at most [`MAX_NESTING`] levels of blocks, and of subexpressions and
 //! literals within a tag (far deeper nesting would overflow the stack: a crash, not an error);
@@ -59,6 +74,10 @@ pub fn render(name: &str, text: &str, data: &Value, strict: bool) -> Result<Stri
         ("pluck", pluck),
         ("join", join),
         ("default", default),
+        ("haproxy_name", haproxy_name),
+        ("nginx_string", nginx_string),
+        ("json", json),
+        ("shell_quote", shell_quote),
     ] {
         hb.register_helper(name, Box::new(ValueHelper(f)));
     }
@@ -599,6 +618,44 @@ fn default(h: &Helper) -> Result<Value, RenderError> {
     if empty { param(h, 1, "default").cloned() } else { Ok(value) }
 }
 
+/// HAProxy accepts these in a proxy or server name (`invalid_char()` in its sources).
+fn haproxy_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
+fn haproxy_name(h: &Helper) -> Result<Value, RenderError> {
+    let name = text(param(h, 0, "haproxy_name")?);
+    Ok(Value::String(name.chars().map(|c| if haproxy_name_char(c) { c } else { '_' }).collect()))
+}
+
+fn nginx_string(h: &Helper) -> Result<Value, RenderError> {
+    let s = text(param(h, 0, "nginx_string")?);
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '$' => out.push('_'),
+            c if crate::model::is_unsafe_char(c) => out.push('_'),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    Ok(Value::String(out))
+}
+
+fn json(h: &Helper) -> Result<Value, RenderError> {
+    let v = h.param(0).map_or(&Value::Null, |p| p.value());
+    serde_json::to_string(v).map(Value::String).map_err(|e| RenderErrorReason::Other(e.to_string()).into())
+}
+
+fn shell_quote(h: &Helper) -> Result<Value, RenderError> {
+    Ok(Value::String(crate::output::shell_quote(&text(param(h, 0, "shell_quote")?))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,5 +800,52 @@ mod tests {
         assert_eq!(r(r#"{{#each members}}{{default tags.zone "none"}} {{/each}}"#), "eu none none ");
         assert_eq!(r(r#"{{#each members}}{{#if (eq status "alive")}}{{name}}{{/if}}{{/each}}"#), "bc");
         assert_eq!(r("{{len members}}"), "3");
+    }
+
+    #[test]
+    fn haproxy_name_keeps_what_haproxy_accepts_and_replaces_the_rest() {
+        let data = json!({ "a": "web-1.eu_2:x", "b": "web 1#x\"$y;é", "n": 3000 });
+        let r = |t: &str| render("t", t, &data, true).unwrap();
+        assert_eq!(r("{{haproxy_name a}}"), "web-1.eu_2:x");
+        assert_eq!(r("{{haproxy_name b}}"), "web_1_x__y__");
+        assert_eq!(r("{{haproxy_name n}}"), "3000");
+        assert_eq!(
+            r("{{#with (haproxy_name b)}}[{{this}}]{{/with}}"),
+            "[web_1_x__y__]",
+            "a subexpression too"
+        );
+        assert!(render("t", "{{haproxy_name}}", &data, false).is_err(), "a parameter is required");
+    }
+
+    #[test]
+    fn nginx_string_quotes_and_leaves_nothing_nginx_would_expand() {
+        let data = json!({ "s": "a \"b\" \\ $host; } {", "c": "x\ny\tz\u{7f}" });
+        let r = |t: &str| render("t", t, &data, true).unwrap();
+        assert_eq!(r("{{nginx_string s}}"), r#""a \"b\" \\ _host; } {""#);
+        assert_eq!(r("{{nginx_string c}}"), r#""x_y_z_""#);
+        assert_eq!(r(r#"{{nginx_string "plain"}}"#), r#""plain""#);
+    }
+
+    #[test]
+    fn json_writes_any_value_as_one_line_of_json() {
+        let data = json!({ "s": "a\"b\n", "o": { "z": [1, "x"], "a": null }, "n": 3000 });
+        let r = |t: &str| render("t", t, &data, false).unwrap();
+        assert_eq!(r("{{json s}}"), r#""a\"b\n""#);
+        assert_eq!(r("{{json o}}"), r#"{"z":[1,"x"],"a":null}"#, "key order kept");
+        assert_eq!(r("{{json n}}"), "3000");
+        assert_eq!(r("{{json missing}}"), "null");
+        let back: Value = serde_json::from_str(&r("{{json this}}")).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn shell_quote_makes_one_word_that_sh_reads_back_unchanged() {
+        let hostile = "it's; touch /tmp/x; $(id) `id` \"q\" \\";
+        let data = json!({ "s": hostile, "n": 7 });
+        let r = |t: &str| render("t", t, &data, true).unwrap();
+        assert_eq!(r("{{shell_quote n}}"), "'7'");
+        let script = format!("printf %s {}", r("{{shell_quote s}}"));
+        let out = std::process::Command::new("/bin/sh").args(["-c", &script]).output().unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), hostile);
     }
 }
