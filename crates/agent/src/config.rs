@@ -18,6 +18,22 @@ pub enum ConfigError {
     /// A `--tag` is not `KEY=VALUE`.
     #[error("invalid tag {0:?}: expected KEY=VALUE")]
     BadTag(String),
+    /// A tag breaks the membership limits (control characters, `=` or `,` in a key, size).
+    #[error("invalid tag {spec:?}: {source}")]
+    InvalidTag {
+        /// The tag as given (escaped when shown).
+        spec: String,
+        /// The rule it breaks.
+        source: shoal_gossip::Violation,
+    },
+    /// The node name breaks the membership limits.
+    #[error("invalid node name {name:?}: {source}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// The rule it breaks.
+        source: shoal_gossip::Violation,
+    },
     /// A join address has no host.
     #[error("invalid join address {0:?}: expected HOST or HOST:PORT")]
     BadJoin(String),
@@ -96,8 +112,14 @@ pub fn parse_tags<S: AsRef<str>>(specs: &[S]) -> Result<Tags, ConfigError> {
         if k.is_empty() {
             return Err(ConfigError::BadTag(spec.to_string()));
         }
+        shoal_gossip::limits::check_tag(k, v)
+            .map_err(|source| ConfigError::InvalidTag { spec: spec.to_string(), source })?;
         tags.insert(k.to_string(), v.to_string());
     }
+    shoal_gossip::limits::check_tags(&tags).map_err(|source| ConfigError::InvalidTag {
+        spec: specs.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(","),
+        source,
+    })?;
     Ok(tags)
 }
 

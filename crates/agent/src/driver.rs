@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 use shoal_gossip::{
     CommandError, Config, Event, Frame, Gossip, JoinId, Member, MemberStatus, Output, QueryId, QueryParams,
-    QueryReplyTo, Stats, StreamRequest, Tags, stream_frame_len,
+    QueryReplyTo, Stats, StreamFramer, StreamRequest, Tags,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -28,8 +28,21 @@ use crate::config::{AgentConfig, ConfigError, JoinTarget, advertise_addr, hostna
 use crate::events::{EventSinks, SerfEvent};
 use crate::snapshot::Snapshot;
 
+/// Events waiting to be coalesced for handlers and RPC streams.
+const CORE_EVENT_QUEUE: usize = 8192;
 /// Inbound TCP exchanges handled at once (memberlist's limit).
 const MAX_INBOUND_STREAMS: usize = 128;
+/// Bytes all gossip streams together (in and out) may buffer at once. One push/pull of a
+/// thousand members takes about 200 KiB; a peer that holds more than this open is refused.
+const STREAM_BUFFER_BUDGET: usize = 64 * 1024 * 1024;
+/// How much a stream's buffer grows by at a time (and is charged to the budget in).
+const STREAM_CHUNK: usize = 16 * 1024;
+
+/// The memory budget shared by every gossip stream's buffer.
+fn stream_budget() -> &'static Semaphore {
+    static BUDGET: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| Semaphore::new(STREAM_BUFFER_BUDGET / STREAM_CHUNK))
+}
 
 /// A consistent view of the cluster at one moment.
 #[derive(Debug, Clone)]
@@ -307,6 +320,8 @@ impl Agent {
             Some(n) => n.clone(),
             None => hostname()?,
         };
+        shoal_gossip::limits::check_name(&name)
+            .map_err(|source| ConfigError::InvalidName { name: name.clone(), source })?;
         let keys = load_keys(cfg.encrypt.as_deref(), cfg.keyring_file.as_deref())?;
         let (snapshot, previous) = match &cfg.snapshot {
             Some(path) => {
@@ -334,7 +349,7 @@ impl Agent {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (stream_tx, stream_rx) = mpsc::channel(256);
         let (serf_tx, _) = broadcast::channel(4096);
-        let (core_events_tx, core_events_rx) = mpsc::unbounded_channel();
+        let (core_events_tx, core_events_rx) = mpsc::channel(CORE_EVENT_QUEUE);
         let handle = AgentHandle {
             commands: cmd_tx,
             members: members_rx,
@@ -347,7 +362,7 @@ impl Agent {
         let handler_tx = if cfg.event_handlers.is_empty() {
             None
         } else {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(crate::events::HANDLER_QUEUE);
             tasks.push(tokio::spawn(crate::handlers::run_handlers(
                 rx,
                 cfg.event_handlers.clone(),
@@ -356,13 +371,22 @@ impl Agent {
             )));
             Some(tx)
         };
-        let sinks = EventSinks { broadcast: serf_tx, handlers: handler_tx };
+        let sinks = EventSinks { broadcast: serf_tx, handlers: handler_tx, handler_drops: Arc::default() };
         tasks.push(tokio::spawn(crate::events::coalesce(core_events_rx, sinks, cfg.coalescing)));
 
         tracing::info!(
             node = %name, bind = %bound, advertise = %advertise, profile = %cfg.profile,
             encrypted = gossip.encrypted(), "shoal agent started"
         );
+        let on_loopback = bound.ip().is_loopback() && advertise.ip().is_loopback();
+        if !gossip.encrypted() && !on_loopback {
+            tracing::warn!(
+                bind = %bound,
+                "gossip is not encrypted: any host that reaches this port can join, forge members and read \
+                 the cluster's state; give every member the same key with --encrypt or --encrypt-file \
+                 (`shoal keygen` makes one)"
+            );
+        }
         let udp = Arc::new(udp);
         let driver = Driver {
             gossip,
@@ -376,6 +400,7 @@ impl Agent {
             keyring_file: cfg.keyring_file.clone(),
             max_stream,
             core_events: core_events_tx,
+            event_drops: 0,
             snapshot,
             unsent: 0,
             auto_advertise: (cfg.advertise.is_none() && bound.ip().is_unspecified())
@@ -460,7 +485,9 @@ struct Driver {
     leave_waiters: Vec<Reply<()>>,
     keyring_file: Option<PathBuf>,
     max_stream: usize,
-    core_events: mpsc::UnboundedSender<Event>,
+    core_events: mpsc::Sender<Event>,
+    /// Events the coalescer had no room for.
+    event_drops: u64,
     snapshot: Option<Snapshot>,
     /// Datagrams dropped because the socket's send buffer was full.
     unsent: u64,
@@ -604,8 +631,14 @@ impl Driver {
         if let Some(s) = self.snapshot.as_mut() {
             s.record(&e);
         }
-        if matches!(e, Event::Member { .. } | Event::User(_) | Event::Query(_)) {
-            let _ = self.core_events.send(e.clone());
+        if matches!(e, Event::Member { .. } | Event::User(_) | Event::Query(_))
+            && let Err(mpsc::error::TrySendError::Full(_)) = self.core_events.try_send(e.clone())
+        {
+            // The gossip loop never waits on script runners or RPC streams.
+            self.event_drops += 1;
+            if self.event_drops.is_power_of_two() {
+                tracing::warn!(dropped = self.event_drops, "event consumers cannot keep up; events dropped");
+            }
         }
         match &e {
             Event::Member { kind, member } => {
@@ -668,13 +701,19 @@ pub async fn read_frame(stream: &mut TcpStream, max: usize) -> std::io::Result<V
 
 /// Reads one framed message; input that cannot be framed is returned as
 /// `Err((why, bytes))` so the core can count it and answer with an error.
+///
+/// Framing is incremental (each byte is looked at once), the message is capped at `max`
+/// bytes, and its buffer is charged to the budget all streams share: a peer trickling a
+/// giant message costs little CPU and cannot make the agent hold more than the budget.
 async fn read_frame_or_garbage(
     stream: &mut TcpStream,
     max: usize,
 ) -> std::io::Result<Result<Vec<u8>, (String, Vec<u8>)>> {
-    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut framer = StreamFramer::new(max);
+    let mut buf = Vec::new();
+    let mut charged: Option<tokio::sync::SemaphorePermit<'static>> = None;
     loop {
-        match stream_frame_len(&buf, max) {
+        match framer.frame(&buf) {
             Ok(Frame::Complete(n)) => {
                 buf.truncate(n);
                 return Ok(Ok(buf));
@@ -682,8 +721,23 @@ async fn read_frame_or_garbage(
             Ok(Frame::Incomplete) => {}
             Err(reason) => return Ok(Err((reason.to_string(), buf))),
         }
-        if buf.capacity() - buf.len() < 8 * 1024 {
-            buf.reserve(buf.len().max(16 * 1024));
+        if buf.capacity() == buf.len() {
+            // Grow geometrically (each byte is copied O(1) times), paying for the growth first.
+            let want = (buf.capacity() * 2).clamp(STREAM_CHUNK, max.saturating_add(STREAM_CHUNK));
+            let held = charged.as_ref().map_or(0, |p| p.num_permits());
+            let more = u32::try_from(want.div_ceil(STREAM_CHUNK).saturating_sub(held)).unwrap_or(u32::MAX);
+            let Ok(permit) = stream_budget().try_acquire_many(more) else {
+                tracing::warn!(
+                    buffered = buf.len(),
+                    "gossip streams hold their whole memory budget; closing one"
+                );
+                return Err(std::io::ErrorKind::OutOfMemory.into());
+            };
+            match charged.as_mut() {
+                Some(p) => p.merge(permit),
+                None => charged = Some(permit),
+            }
+            buf.reserve_exact(want - buf.len());
         }
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());

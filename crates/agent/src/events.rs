@@ -231,21 +231,41 @@ impl Window {
 pub(crate) struct EventSinks {
     /// RPC streams and other best-effort subscribers.
     pub broadcast: broadcast::Sender<SerfEvent>,
-    /// The handler-script runner, which must not miss events.
-    pub handlers: Option<mpsc::UnboundedSender<SerfEvent>>,
+    /// The handler-script runner (bounded: see [`HANDLER_QUEUE`]).
+    pub handlers: Option<mpsc::Sender<SerfEvent>>,
+    /// Events the handler queue had no room for.
+    pub handler_drops: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Events waiting for handler scripts. Member events wait for room (they are coalesced and
+/// their rate follows membership churn); user events and queries, which any peer can send
+/// at will, are dropped and counted when scripts cannot keep up.
+pub(crate) const HANDLER_QUEUE: usize = 1024;
+
 impl EventSinks {
-    fn send(&self, e: SerfEvent) {
+    async fn send(&self, e: SerfEvent) {
         if let Some(h) = &self.handlers {
-            let _ = h.send(e.clone());
+            let queued = match &e {
+                SerfEvent::Member { .. } => h.send(e.clone()).await.is_ok(),
+                _ => h.try_send(e.clone()).is_ok() || h.is_closed(),
+            };
+            if !queued {
+                let n = self.handler_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = n,
+                        event = e.type_name(),
+                        "handler scripts cannot keep up; events dropped"
+                    );
+                }
+            }
         }
         let _ = self.broadcast.send(e);
     }
 }
 
 /// Turns the core's events into coalesced Serf events, until `input` closes.
-pub(crate) async fn coalesce(mut input: mpsc::UnboundedReceiver<Event>, sinks: EventSinks, cfg: Coalescing) {
+pub(crate) async fn coalesce(mut input: mpsc::Receiver<Event>, sinks: EventSinks, cfg: Coalescing) {
     let coalesce_members = !cfg.member_period.is_zero() && !cfg.member_quiescent.is_zero();
     let coalesce_users = !cfg.user_period.is_zero() && !cfg.user_quiescent.is_zero();
     let (mut members, mut users) = (MemberCoalescer::default(), UserCoalescer::default());
@@ -261,14 +281,14 @@ pub(crate) async fn coalesce(mut input: mpsc::UnboundedReceiver<Event>, sinks: E
                         members.add(kind, vec![member]);
                         member_window.touch(cfg.member_period, cfg.member_quiescent);
                     }
-                    Event::Member { kind, member } => sinks.send(SerfEvent::Member { kind, members: vec![member] }),
+                    Event::Member { kind, member } => sinks.send(SerfEvent::Member { kind, members: vec![member] }).await,
                     Event::User(u) if coalesce_users && u.coalesce => {
                         users.add(u);
                         user_window.touch(cfg.user_period, cfg.user_quiescent);
                     }
-                    Event::User(u) => sinks.send(SerfEvent::User(u)),
+                    Event::User(u) => sinks.send(SerfEvent::User(u)).await,
                     Event::Query(q) if !q.name.starts_with(shoal_gossip::INTERNAL_QUERY_PREFIX) => {
-                        sinks.send(SerfEvent::Query(q));
+                        sinks.send(SerfEvent::Query(q)).await;
                     }
                     _ => {}
                 }
@@ -284,7 +304,7 @@ pub(crate) async fn coalesce(mut input: mpsc::UnboundedReceiver<Event>, sinks: E
                     user_window.clear();
                 }
                 for e in out.drain(..) {
-                    sinks.send(e);
+                    sinks.send(e).await;
                 }
             }
         }
@@ -292,7 +312,7 @@ pub(crate) async fn coalesce(mut input: mpsc::UnboundedReceiver<Event>, sinks: E
     members.flush(&mut out);
     users.flush(&mut out);
     for e in out.drain(..) {
-        sinks.send(e);
+        sinks.send(e).await;
     }
 }
 

@@ -198,7 +198,7 @@ pub struct HandlerRuns {
 
 /// Runs handler scripts for each event, in order, until the channel closes.
 pub(crate) async fn run_handlers(
-    mut events: mpsc::UnboundedReceiver<SerfEvent>,
+    mut events: mpsc::Receiver<SerfEvent>,
     handlers: Vec<HandlerSpec>,
     agent: AgentHandle,
     timeout: Option<Duration>,

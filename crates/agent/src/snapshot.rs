@@ -5,6 +5,10 @@
 //! `not-alive: NAME`, `clock: N`, `event-clock: N`, `query-clock: N`, `leave`),
 //! compacted when it grows past twice its useful size. A Serf agent's snapshot
 //! can be read by Shoal and vice versa.
+//!
+//! The format has no quoting, so a name is only ever written or read back if it meets
+//! [`shoal_gossip::limits::check_name`] (no whitespace or control characters): a crafted
+//! name can never add a `leave` or `clock:` line of its own.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -12,6 +16,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use shoal_gossip::limits::{check_name, escape};
 use shoal_gossip::{Event, MemberEventKind};
 
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -53,8 +58,11 @@ impl Snapshot {
             for line in BufReader::new(f).lines() {
                 let line = line?;
                 if let Some(info) = line.strip_prefix("alive: ") {
-                    if let Some((name, addr)) = info.rsplit_once(' ') {
-                        alive.insert(name.to_string(), addr.to_string());
+                    match info.rsplit_once(' ') {
+                        Some((name, addr)) if check_name(name).is_ok() => {
+                            alive.insert(name.to_string(), addr.to_string());
+                        }
+                        _ => tracing::warn!(line = %escape(&line), "invalid snapshot line ignored"),
                     }
                 } else if let Some(name) = line.strip_prefix("not-alive: ") {
                     alive.remove(name);
@@ -68,7 +76,7 @@ impl Snapshot {
                     alive.clear();
                     prev = Previous::default();
                 } else if !(line == "leave" || line.starts_with('#') || line.starts_with("coordinate: ")) {
-                    tracing::warn!(line, "unrecognized snapshot line");
+                    tracing::warn!(line = %escape(&line), "unrecognized snapshot line");
                 }
             }
         }
@@ -91,6 +99,9 @@ impl Snapshot {
     /// Records what an event changes.
     pub fn record(&mut self, e: &Event) {
         match e {
+            Event::Member { member, .. } if check_name(&member.name).is_err() => {
+                tracing::warn!(node = %escape(&member.name), "not recorded in the snapshot: invalid name");
+            }
             Event::Member { kind: MemberEventKind::Join, member } => {
                 self.alive.insert(member.name.to_string(), member.addr.to_string());
                 self.append(&format!("alive: {} {}\n", member.name, member.addr));
@@ -165,7 +176,9 @@ impl Snapshot {
             "clock: {}\nevent-clock: {}\nquery-clock: {}\n",
             self.clock, self.event_clock, self.query_clock
         ));
-        let mut f = File::create(&tmp)?;
+        // The agent's own directory, but never follow a link planted at the temporary name.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(body.as_bytes())?;
         f.sync_all()?;
         self.out.flush()?;
@@ -223,6 +236,33 @@ mod tests {
         drop(s);
         assert_eq!(Snapshot::open(&path, false).unwrap().1, Previous::default());
         assert_eq!(Snapshot::open(&path, true).unwrap().1.nodes.len(), 1, "-rejoin ignores the leave");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_crafted_name_cannot_write_lines_of_its_own() {
+        let dir = std::env::temp_dir().join(format!("shoal-snap-crafted-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("snap");
+        let _ = std::fs::remove_file(&path);
+        {
+            let (mut s, _) = Snapshot::open(&path, false).unwrap();
+            s.record(&join("a", "10.0.0.1:7946"));
+            s.record(&join("x 1.2.3.4:1\nleave\nclock: 0", "10.0.0.9:7946"));
+            s.record(&join("evil\nleave", "10.0.0.9:7946"));
+            s.record(&join("evil\nleave\n", "10.0.0.9:7946"));
+            s.clock(40);
+            s.flush();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "alive: a 10.0.0.1:7946\nclock: 39\n");
+        let (_, prev) = Snapshot::open(&path, false).unwrap();
+        assert_eq!(prev.nodes, vec![("a".to_string(), "10.0.0.1:7946".to_string())]);
+        assert_eq!(prev.clock, 39);
+        // A hand-edited (or older) file with a bad name: that line is skipped, the rest kept.
+        std::fs::write(&path, "alive: a 10.0.0.1:7946\nalive: b\u{7}c 10.0.0.2:7946\nclock: 5\n").unwrap();
+        let (_, prev) = Snapshot::open(&path, false).unwrap();
+        assert_eq!((prev.nodes.len(), prev.clock), (1, 5));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,7 @@ use rand::RngCore;
 
 use crate::keyring::Keyring;
 use crate::messages::{Compress, PushPullHeader, UserMsgHeader, kind};
-use crate::mp::{self, DecodeError, Reader};
+use crate::mp::{self, DecodeError};
 
 /// Why an inbound packet or stream was dropped. Every variant is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -51,11 +51,17 @@ pub enum DropReason {
     /// Compound or compression nested too deep.
     #[error("nested too deep")]
     TooDeep,
+    /// A member claim (name, tags, address) that breaks [`crate::limits`].
+    #[error("member refused")]
+    Refused,
+    /// A message no honest member sends: a Lamport time far ahead of ours.
+    #[error("forged clock")]
+    Forged,
 }
 
 impl DropReason {
     /// Every reason, for metrics.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Truncated,
         DropReason::Label,
         DropReason::Decrypt,
@@ -66,6 +72,8 @@ impl DropReason {
         DropReason::Compression,
         DropReason::WrongNode,
         DropReason::TooDeep,
+        DropReason::Refused,
+        DropReason::Forged,
     ];
 
     /// A short snake_case name for logs and metrics labels.
@@ -81,6 +89,8 @@ impl DropReason {
             DropReason::Compression => "compression",
             DropReason::WrongNode => "wrong_node",
             DropReason::TooDeep => "too_deep",
+            DropReason::Refused => "refused",
+            DropReason::Forged => "forged",
         }
     }
 }
@@ -406,63 +416,128 @@ pub enum Frame {
     Incomplete,
 }
 
-/// How many bytes the stream message at the head of `buf` takes.
+/// How many bytes the stream message at the head of `buf` takes (a one-shot [`StreamFramer`]).
 ///
 /// Works without keys: encrypted messages carry their length, the others are
 /// framed by their msgpack structure. Refuses messages larger than `max`.
 pub fn stream_frame_len(buf: &[u8], max: usize) -> Result<Frame, DropReason> {
-    use Frame::*;
-    let mut off = 0;
-    if buf.first() == Some(&kind::HAS_LABEL) {
-        let Some(&len) = buf.get(1) else { return Ok(Incomplete) };
-        if len == 0 {
-            return Err(DropReason::Label);
-        }
-        off = 2 + usize::from(len);
-    }
-    let Some(&ty) = buf.get(off) else { return Ok(Incomplete) };
-    let body = &buf[off + 1..];
-    let framed = |n: Option<usize>| match n {
-        Some(n) if off + 1 + n > max => Err(DropReason::Oversized),
-        Some(n) => Ok(Complete(off + 1 + n)),
-        None if buf.len() > max => Err(DropReason::Oversized),
-        None => Ok(Incomplete),
-    };
-    match ty {
-        kind::ENCRYPT => {
-            let Some(len) = body.get(..4) else { return Ok(Incomplete) };
-            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            if len > max {
-                return Err(DropReason::Oversized);
-            }
-            framed((body.len() >= 4 + len).then_some(4 + len))
-        }
-        kind::PUSH_PULL => framed(push_pull_len(body)?),
-        kind::USER => {
-            let Some(hlen) = mp::value_len(body)? else { return framed(None) };
-            let h: UserMsgHeader = mp::decode(&body[..hlen])?;
-            let total = hlen + h.user_msg_len as usize;
-            framed((body.len() >= total).then_some(total))
-        }
-        kind::PING | kind::ACK | kind::ERR | kind::COMPRESS => framed(mp::value_len(body)?),
-        _ => Err(DropReason::UnknownType),
-    }
+    StreamFramer::new(max).frame(buf)
 }
 
-/// Length of a push/pull body: header, `Nodes` node states, then the user state.
-fn push_pull_len(body: &[u8]) -> Result<Option<usize>, DropReason> {
-    let Some(hlen) = mp::value_len(body)? else { return Ok(None) };
-    let header: PushPullHeader = mp::decode(&body[..hlen])?;
-    let mut r = Reader::new(&body[hlen..]);
-    for _ in 0..header.nodes {
-        match r.skip() {
-            Ok(()) => {}
-            Err(DecodeError::Truncated | DecodeError::TooLong(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+/// Largest header (of a user or push/pull message) before its length is known.
+const STREAM_HEADER_MAX: usize = 4096;
+
+/// Frames one stream message as its bytes arrive, resuming where the last call stopped: the
+/// work over a whole message is proportional to its size however it is cut into reads (a
+/// peer trickling a large message byte by byte costs no more than sending it at once).
+#[derive(Debug, Clone)]
+pub struct StreamFramer {
+    max: usize,
+    stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Nothing decided yet.
+    Start,
+    /// Skipping msgpack values; what their end means comes next.
+    Skipping(mp::Skipper, AfterSkip),
+    /// The message spans this many bytes.
+    Known(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum AfterSkip {
+    /// The value's end is the message's end.
+    End,
+    /// The user-message header starting here was skipped: decode it for the body's length.
+    UserHeader(usize),
+    /// The push/pull header starting here was skipped: decode it for the node count.
+    PushPullHeader(usize),
+    /// The node states were skipped: the user state of this many bytes follows.
+    UserState(usize),
+}
+
+impl StreamFramer {
+    /// A framer for messages of at most `max` bytes.
+    pub fn new(max: usize) -> StreamFramer {
+        StreamFramer { max, stage: Stage::Start }
+    }
+
+    /// Looks at `buf` (the stream's bytes so far, earlier calls' bytes unchanged at its head).
+    pub fn frame(&mut self, buf: &[u8]) -> Result<Frame, DropReason> {
+        loop {
+            match self.stage {
+                Stage::Start => {
+                    let mut off = 0;
+                    if buf.first() == Some(&kind::HAS_LABEL) {
+                        let Some(&len) = buf.get(1) else { return Ok(Frame::Incomplete) };
+                        if len == 0 {
+                            return Err(DropReason::Label);
+                        }
+                        off = 2 + usize::from(len);
+                    }
+                    let Some(&ty) = buf.get(off) else { return Ok(Frame::Incomplete) };
+                    let body = off + 1;
+                    self.stage = match ty {
+                        kind::ENCRYPT => {
+                            let Some(len) = buf.get(body..body + 4) else { return Ok(Frame::Incomplete) };
+                            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                            Stage::Known(body + 4 + len)
+                        }
+                        kind::PUSH_PULL => {
+                            Stage::Skipping(mp::Skipper::new(body, 1), AfterSkip::PushPullHeader(body))
+                        }
+                        kind::USER => Stage::Skipping(mp::Skipper::new(body, 1), AfterSkip::UserHeader(body)),
+                        kind::PING | kind::ACK | kind::ERR | kind::COMPRESS => {
+                            Stage::Skipping(mp::Skipper::new(body, 1), AfterSkip::End)
+                        }
+                        _ => return Err(DropReason::UnknownType),
+                    };
+                }
+                Stage::Skipping(mut skipper, after) => {
+                    let step = skipper.advance(buf, self.max);
+                    self.stage = Stage::Skipping(skipper, after);
+                    let end = match step {
+                        Ok(Some(end)) => end,
+                        Ok(None) => {
+                            let header_start = match after {
+                                AfterSkip::UserHeader(h) | AfterSkip::PushPullHeader(h) => Some(h),
+                                _ => None,
+                            };
+                            if header_start.is_some_and(|h| buf.len() - h > STREAM_HEADER_MAX) {
+                                return Err(DropReason::Malformed);
+                            }
+                            if buf.len() > self.max {
+                                return Err(DropReason::Oversized);
+                            }
+                            return Ok(Frame::Incomplete);
+                        }
+                        Err(mp::DecodeError::TooLong(_)) => return Err(DropReason::Oversized),
+                        Err(e) => return Err(e.into()),
+                    };
+                    self.stage = match after {
+                        AfterSkip::End => Stage::Known(end),
+                        AfterSkip::UserHeader(h) => {
+                            let header: UserMsgHeader = mp::decode(&buf[h..end])?;
+                            Stage::Known(end + header.user_msg_len as usize)
+                        }
+                        AfterSkip::PushPullHeader(h) => {
+                            let header: PushPullHeader = mp::decode(&buf[h..end])?;
+                            Stage::Skipping(
+                                mp::Skipper::new(end, u64::from(header.nodes)),
+                                AfterSkip::UserState(header.user_state_len as usize),
+                            )
+                        }
+                        AfterSkip::UserState(len) => Stage::Known(end + len),
+                    };
+                }
+                Stage::Known(total) if total > self.max => return Err(DropReason::Oversized),
+                Stage::Known(total) if buf.len() >= total => return Ok(Frame::Complete(total)),
+                Stage::Known(_) => return Ok(Frame::Incomplete),
+            }
         }
     }
-    let total = hlen + r.position() + header.user_state_len as usize;
-    Ok((body.len() >= total).then_some(total))
 }
 
 #[cfg(test)]
@@ -579,6 +654,62 @@ mod tests {
         assert_eq!(enc.open_stream(&sealed).unwrap(), msg);
         assert_eq!(env(&[vec![6; 24]], None).open_stream(&sealed), Err(DropReason::Decrypt));
         assert_eq!(enc.open_stream(&msg), Err(DropReason::Decrypt));
+    }
+
+    /// Feeds `msg` to one framer in pieces of `step` bytes, as reads from a socket would.
+    fn frame_in_steps(msg: &[u8], step: usize, max: usize) -> Result<Frame, DropReason> {
+        let mut framer = StreamFramer::new(max);
+        let mut last = Ok(Frame::Incomplete);
+        for end in (step..msg.len() + step).step_by(step) {
+            last = framer.frame(&msg[..end.min(msg.len())]);
+            if last != Ok(Frame::Incomplete) {
+                break;
+            }
+        }
+        last
+    }
+
+    #[test]
+    fn the_incremental_framer_agrees_with_one_look_at_every_cut() {
+        let mut pp = vec![kind::PUSH_PULL];
+        PushPullHeader { nodes: 40, user_state_len: 7, join: false }.put(&mut pp);
+        for i in 0..40 {
+            let meta = crate::serf::encode_tags(&[("role".to_string(), format!("backend-{i}"))].into());
+            crate::messages::PushNodeState { name: format!("n{i}"), meta, ..Default::default() }.put(&mut pp);
+        }
+        pp.extend_from_slice(b"serf!!!");
+        let ping = mp::encode_with_type(
+            kind::PING,
+            &crate::messages::Ping { seq_no: 3, node: "x".into(), ..Default::default() },
+        );
+        for msg in [pp, ping] {
+            for step in [1, 2, 3, 7, 64, 1000] {
+                assert_eq!(
+                    frame_in_steps(&msg, step, 1 << 20),
+                    Ok(Frame::Complete(msg.len())),
+                    "step {step}"
+                );
+            }
+            let mut more = msg.clone();
+            more.extend_from_slice(&[kind::PING; 9]);
+            assert_eq!(frame_in_steps(&more, 5, 1 << 20), Ok(Frame::Complete(msg.len())));
+        }
+    }
+
+    #[test]
+    fn the_framer_refuses_lies_and_giants_early() {
+        // An array claiming four billion elements cannot fit in 1 MiB.
+        let lie = [kind::PING, 0xdd, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(stream_frame_len(&lie, 1 << 20), Err(DropReason::Oversized));
+        // A string longer than the limit is refused from its header alone.
+        let big = [kind::COMPRESS, 0xdb, 0x10, 0, 0, 0];
+        assert_eq!(stream_frame_len(&big, 1 << 20), Err(DropReason::Oversized));
+        // A header that never ends is malformed once it passes 4 KiB.
+        let mut endless = vec![kind::USER, 0xdc, 0xff, 0xff];
+        endless.extend(std::iter::repeat_n(0x90, 5000));
+        assert_eq!(frame_in_steps(&endless, 100, 1 << 20), Err(DropReason::Malformed));
+        assert_eq!(stream_frame_len(&[kind::PING, 0xc1], 1 << 20), Err(DropReason::Malformed));
+        assert_eq!(stream_frame_len(&[0x77], 1 << 20), Err(DropReason::UnknownType));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! [`crate::serf`] and queries in [`crate::query`]; this module holds the
 //! shared state, the public API and message dispatch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,8 +44,6 @@ pub(crate) const VERSIONS: [u8; 6] =
 /// Bytes a compound message spends on its header and per part.
 pub(crate) const COMPOUND_HEADER_OVERHEAD: usize = 2;
 pub(crate) const COMPOUND_OVERHEAD: usize = 2;
-/// Largest node metadata (encoded tags).
-pub const META_MAX_SIZE: usize = 512;
 
 /// Identifies a stream the core asked the driver to open.
 pub type StreamId = u64;
@@ -146,9 +144,9 @@ pub(crate) enum LeavePhase {
 /// Errors returned by [`Gossip`] commands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    /// Encoded tags exceed 512 bytes.
-    #[error("encoded tags are {0} bytes; the limit is 512")]
-    TagsTooLarge(usize),
+    /// The node name or a tag breaks [`crate::limits`].
+    #[error(transparent)]
+    Invalid(#[from] crate::limits::Violation),
     /// A user event or query is too large.
     #[error("{what} is {size} bytes; the limit is {limit}")]
     TooLarge {
@@ -224,6 +222,10 @@ pub struct Gossip {
     pub(crate) leave_timer: Option<crate::timers::TimerId>,
     pub(crate) pending_queries: HashMap<u64, crate::query::PendingQuery>,
     pub(crate) finished: Vec<NotifyToken>,
+    /// Names of refused members already logged (bounded).
+    pub(crate) refused: std::collections::BTreeSet<Arc<str>>,
+    /// Compiled query tag filters, by expression (`None`: it does not compile).
+    pub(crate) filter_cache: BTreeMap<String, Option<Arc<regex::bytes::Regex>>>,
 }
 
 impl std::fmt::Debug for Gossip {
@@ -247,10 +249,9 @@ impl Gossip {
             Some((primary, others)) => Keyring::new(primary, others)?,
             None => Keyring::default(),
         };
+        crate::limits::check_name(&cfg.name)?;
+        crate::limits::check_tags(&cfg.tags)?;
         let meta = crate::serf::encode_tags(&cfg.tags);
-        if meta.len() > META_MAX_SIZE {
-            return Err(CommandError::TagsTooLarge(meta.len()));
-        }
         let env = Envelope {
             keyring,
             label: cfg.label.clone(),
@@ -299,6 +300,8 @@ impl Gossip {
             leave_timer: None,
             pending_queries: HashMap::new(),
             finished: Vec::new(),
+            refused: std::collections::BTreeSet::new(),
+            filter_cache: BTreeMap::new(),
             cfg,
         };
         g.clock.increment();
@@ -431,7 +434,7 @@ impl Gossip {
                 // Like memberlist: answer with our state first, then merge theirs.
                 let reply = self.local_state_message(remote.join);
                 let reply = self.env.seal_stream(&mut self.rng, &reply);
-                self.merge_remote_state(now, remote, false);
+                self.merge_remote_state(now, remote, false, false);
                 Ok(Some(reply))
             }
             kind::PING => {
@@ -480,7 +483,7 @@ impl Gossip {
                 let ignore_old = join.and_then(|j| self.joins.get(&j)).is_some_and(|j| j.ignore_old);
                 let ok = match result {
                     Ok(remote) => {
-                        self.merge_remote_state(now, remote, ignore_old);
+                        self.merge_remote_state(now, remote, join.is_some(), ignore_old);
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -661,10 +664,8 @@ impl Gossip {
 
     /// Replaces our tags and announces them (peers see `member-update`).
     pub fn set_tags(&mut self, now: Instant, tags: Tags) -> Result<(), CommandError> {
+        crate::limits::check_tags(&tags)?;
         let meta = crate::serf::encode_tags(&tags);
-        if meta.len() > META_MAX_SIZE {
-            return Err(CommandError::TagsTooLarge(meta.len()));
-        }
         self.tags = tags;
         self.incarnation += 1;
         let alive = crate::swim::AliveInfo {

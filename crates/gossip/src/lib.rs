@@ -38,6 +38,7 @@ pub mod envelope;
 pub mod event;
 mod gossip;
 pub mod keyring;
+pub mod limits;
 pub mod messages;
 #[macro_use]
 pub mod mp;
@@ -47,12 +48,13 @@ mod swim;
 mod timers;
 
 pub use config::{Config, Profile, SerfTiming, Timing};
-pub use envelope::{DropReason, Frame, stream_frame_len};
+pub use envelope::{DropReason, Frame, StreamFramer, stream_frame_len};
 pub use event::{
     Event, IncomingQuery, JoinId, Member, MemberEventKind, MemberStatus, QueryId, QueryReplyTo, Tags,
     UserEvent, Versions,
 };
-pub use gossip::{CommandError, Gossip, META_MAX_SIZE, Output, Stats, StreamId, StreamKind, StreamRequest};
+pub use gossip::{CommandError, Gossip, Output, Stats, StreamId, StreamKind, StreamRequest};
 pub use keyring::{KeyError, Keyring, decode_key, encode_key};
+pub use limits::{META_MAX_SIZE, Violation};
 pub use query::{INTERNAL_QUERY_PREFIX, QueryParams};
 pub use serf::{decode_tags, encode_tags};

@@ -328,6 +328,105 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Skips msgpack values in a buffer that grows between calls, resuming where it stopped, so
+/// that framing a stream looks at each byte once however it is cut into reads.
+///
+/// msgpack announces every container's element count up front, so the state is just a
+/// position and the number of values still to skip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipper {
+    pos: usize,
+    pending: u64,
+}
+
+impl Skipper {
+    /// Skips `values` values starting at `pos`.
+    pub fn new(pos: usize, values: u64) -> Skipper {
+        Skipper { pos, pending: values }
+    }
+
+    /// Advances over every value that `buf` holds in full: `Some(end)` once all are skipped,
+    /// `None` while `buf` ends first. Errors on bytes that are no msgpack, or on counts that
+    /// could not fit in `max` bytes.
+    pub fn advance(&mut self, buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
+        while self.pending > 0 {
+            let Some(&b) = buf.get(self.pos) else { return Ok(None) };
+            let be = |n: usize| -> Option<u64> {
+                let bytes = buf.get(self.pos + 1..self.pos + 1 + n)?;
+                Some(bytes.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+            };
+            // (header bytes, payload bytes, child values)
+            let (header, payload, children): (usize, u64, u64) = match b {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0, 0),
+                0x80..=0x8f => (1, 0, 2 * u64::from(b & 0x0f)),
+                0x90..=0x9f => (1, 0, u64::from(b & 0x0f)),
+                0xa0..=0xbf => (1, u64::from(b & 0x1f), 0),
+                0xc4 | 0xd9 => match be(1) {
+                    Some(n) => (2, n, 0),
+                    None => return Ok(None),
+                },
+                0xc5 | 0xda => match be(2) {
+                    Some(n) => (3, n, 0),
+                    None => return Ok(None),
+                },
+                0xc6 | 0xdb => match be(4) {
+                    Some(n) => (5, n, 0),
+                    None => return Ok(None),
+                },
+                0xc7 => match be(1) {
+                    Some(n) => (3, n, 0),
+                    None => return Ok(None),
+                },
+                0xc8 => match be(2) {
+                    Some(n) => (4, n, 0),
+                    None => return Ok(None),
+                },
+                0xc9 => match be(4) {
+                    Some(n) => (6, n, 0),
+                    None => return Ok(None),
+                },
+                0xcc | 0xd0 => (2, 0, 0),
+                0xcd | 0xd1 => (3, 0, 0),
+                0xca | 0xce | 0xd2 => (5, 0, 0),
+                0xcb | 0xcf | 0xd3 => (9, 0, 0),
+                0xd4 => (3, 0, 0),
+                0xd5 => (4, 0, 0),
+                0xd6 => (6, 0, 0),
+                0xd7 => (10, 0, 0),
+                0xd8 => (18, 0, 0),
+                0xdc => match be(2) {
+                    Some(n) => (3, 0, n),
+                    None => return Ok(None),
+                },
+                0xdd => match be(4) {
+                    Some(n) => (5, 0, n),
+                    None => return Ok(None),
+                },
+                0xde => match be(2) {
+                    Some(n) => (3, 0, 2 * n),
+                    None => return Ok(None),
+                },
+                0xdf => match be(4) {
+                    Some(n) => (5, 0, 2 * n),
+                    None => return Ok(None),
+                },
+                0xc1 => return Err(DecodeError::UnexpectedType { expected: "a value", found: b }),
+            };
+            let end = (self.pos + header) as u64 + payload;
+            // Every value takes at least one byte: counts beyond what `max` can hold are lies.
+            if end > max as u64 || self.pending - 1 + children > max as u64 {
+                return Err(DecodeError::TooLong(u32::try_from(end).unwrap_or(u32::MAX)));
+            }
+            if (buf.len() as u64) < end {
+                return Ok(None);
+            }
+            self.pos = end as usize;
+            self.pending = self.pending - 1 + children;
+        }
+        Ok(Some(self.pos))
+    }
+}
+
 /// How many bytes the first complete msgpack value in `buf` spans, or `None`
 /// if `buf` ends before the value does (used to frame TCP streams).
 pub fn value_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {

@@ -25,6 +25,30 @@ use crate::timers::Timer;
 
 /// Prefix of Serf's internal queries.
 pub const INTERNAL_QUERY_PREFIX: &str = "_serf_";
+/// Most filters (node list and tag expressions together) a query may carry.
+pub const FILTERS_MAX: usize = 16;
+/// Longest tag-filter expression, in bytes.
+pub const FILTER_EXPR_MAX: usize = 256;
+/// Largest compiled program for one tag filter (the `regex` crate's size limit).
+const FILTER_PROGRAM_MAX: usize = 256 * 1024;
+/// Compiled tag filters kept for reuse; the cache is emptied when it fills.
+const FILTER_CACHE_MAX: usize = 64;
+
+/// Compiles a tag filter with bounded cost: byte-oriented (ASCII classes, no Unicode tables),
+/// at most [`FILTER_EXPR_MAX`] bytes of pattern and a bounded program, so a hostile query
+/// costs microseconds to check, never a stalled core.
+pub(crate) fn compile_filter(expr: &str) -> Result<regex::bytes::Regex, String> {
+    if expr.len() > FILTER_EXPR_MAX {
+        return Err(format!("the expression is {} bytes; the limit is {FILTER_EXPR_MAX}", expr.len()));
+    }
+    regex::bytes::RegexBuilder::new(expr)
+        .unicode(false)
+        .size_limit(FILTER_PROGRAM_MAX)
+        .dfa_size_limit(FILTER_PROGRAM_MAX)
+        .nest_limit(32)
+        .build()
+        .map_err(|e| e.to_string())
+}
 
 /// What to ask and whom.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,6 +91,9 @@ impl Gossip {
         if self.serf_state != crate::serf::SerfState::Alive {
             return Err(CommandError::NotAlive);
         }
+        if usize::from(!params.filter_nodes.is_empty()) + params.filter_tags.len() > FILTERS_MAX {
+            return Err(CommandError::BadFilter(format!("more than {FILTERS_MAX} filters")));
+        }
         let mut filters = Vec::new();
         if !params.filter_nodes.is_empty() {
             let mut f = vec![filter_kind::NODE];
@@ -74,7 +101,7 @@ impl Gossip {
             filters.push(f);
         }
         for (tag, expr) in &params.filter_tags {
-            regex::Regex::new(expr).map_err(|e| CommandError::BadFilter(e.to_string()))?;
+            compile_filter(expr).map_err(|e| CommandError::BadFilter(format!("tag {tag:?}: {e}")))?;
             let mut f = vec![filter_kind::TAG];
             msg::FilterTag { tag: tag.clone(), expr: expr.clone() }.put(&mut f);
             filters.push(f);
@@ -139,8 +166,16 @@ impl Gossip {
             _ => *slot = Some((q.ltime, vec![q.id])),
         }
         let rebroadcast = q.flags & QUERY_FLAG_NO_BROADCAST == 0;
-        if !self.should_process(&q.filters) {
-            return rebroadcast;
+        match self.should_process(&q.filters) {
+            Ok(true) => {}
+            Ok(false) => return rebroadcast,
+            Err(()) => {
+                // Filters no honest asker sends (too many, too long, not compilable): the
+                // query goes no further, from here.
+                let from = ip_from_wire(&q.addr).map_or(self.advertise, |ip| SocketAddr::new(ip, q.port));
+                self.drop_input(DropReason::Malformed, from);
+                return false;
+            }
         }
         let Some(ip) = ip_from_wire(&q.addr) else { return rebroadcast };
         let reply_to = QueryReplyTo {
@@ -176,17 +211,40 @@ impl Gossip {
         rebroadcast
     }
 
-    fn should_process(&self, filters: &[Vec<u8>]) -> bool {
-        filters.iter().all(|f| match f.split_first() {
-            Some((&filter_kind::NODE, body)) => {
-                mp::decode::<Vec<String>>(body).is_ok_and(|nodes| nodes.iter().any(|n| **n == *self.name))
-            }
-            Some((&filter_kind::TAG, body)) => mp::decode::<msg::FilterTag>(body).is_ok_and(|ft| {
-                let value = self.tags.get(&ft.tag).map_or("", String::as_str);
-                regex::Regex::new(&ft.expr).is_ok_and(|re| re.is_match(value))
-            }),
-            _ => false,
-        })
+    /// Whether our node passes every filter; `Err` for filters no honest asker sends.
+    fn should_process(&mut self, filters: &[Vec<u8>]) -> Result<bool, ()> {
+        if filters.len() > FILTERS_MAX {
+            return Err(());
+        }
+        let mut pass = true;
+        for f in filters {
+            pass &= match f.split_first() {
+                Some((&filter_kind::NODE, body)) => {
+                    let nodes = mp::decode::<Vec<String>>(body).map_err(drop)?;
+                    nodes.iter().any(|n| **n == *self.name)
+                }
+                Some((&filter_kind::TAG, body)) => {
+                    let ft = mp::decode::<msg::FilterTag>(body).map_err(drop)?;
+                    let re = self.tag_filter(&ft.expr)?;
+                    re.is_match(self.tags.get(&ft.tag).map_or("", String::as_str).as_bytes())
+                }
+                _ => return Err(()),
+            };
+        }
+        Ok(pass)
+    }
+
+    /// A compiled tag filter, from the cache when it was seen before.
+    fn tag_filter(&mut self, expr: &str) -> Result<Arc<regex::bytes::Regex>, ()> {
+        if let Some(re) = self.filter_cache.get(expr) {
+            return re.clone().ok_or(());
+        }
+        if self.filter_cache.len() >= FILTER_CACHE_MAX {
+            self.filter_cache.clear();
+        }
+        let re = compile_filter(expr).ok().map(Arc::new);
+        self.filter_cache.insert(expr.to_string(), re.clone());
+        re.ok_or(())
     }
 
     /// Answers a query (a handler's output). Only the first answer counts.

@@ -19,12 +19,15 @@ use rand::Rng;
 use crate::envelope::DropReason;
 use crate::event::{Event, Member, MemberEventKind, MemberStatus, Tags, UserEvent};
 use crate::gossip::{CommandError, Gossip};
+use crate::limits::{LTIME_HORIZON, LTIME_MAX};
 use crate::messages::{self as msg, kind, serf_kind};
 use crate::mp::{self, Wire};
 use crate::swim::{NodeState, State};
 
 /// Marks metadata that holds msgpack-encoded tags rather than a bare role.
-const TAG_MAGIC: u8 = 0xff;
+pub(crate) const TAG_MAGIC: u8 = 0xff;
+/// Most intents kept for members not yet seen (each is a few dozen bytes).
+const INTENTS_MAX: usize = 4096;
 /// Serf's hard ceiling for a user event, whatever the configured limit.
 const USER_EVENT_SANE_LIMIT: usize = 9 * 1024;
 
@@ -37,14 +40,19 @@ impl Lamport {
         self.0
     }
     pub fn increment(&mut self) -> u64 {
-        self.0 += 1;
+        self.0 = self.0.saturating_add(1);
         self.0
     }
-    /// Moves past `t` if `t` is not behind us.
+    /// Moves past `t` if `t` is not behind us; never wraps.
     pub fn witness(&mut self, t: u64) {
         if t >= self.0 {
-            self.0 = t + 1;
+            self.0 = t.saturating_add(1);
         }
+    }
+    /// Whether a gossiped message stamped `t` could come from an honest member: not past
+    /// [`LTIME_MAX`] and no more than [`LTIME_HORIZON`] ahead of this clock.
+    pub fn plausible(self, t: u64) -> bool {
+        t <= LTIME_MAX && t <= self.0.saturating_add(LTIME_HORIZON)
     }
 }
 
@@ -197,18 +205,22 @@ impl Gossip {
         let rebroadcast = match ty {
             serf_kind::LEAVE => {
                 let m: msg::SerfLeave = mp::decode(body)?;
+                self.plausible_clock(self.clock, m.ltime)?;
                 self.handle_leave_intent(now, &m).then_some(Queue::Intent)
             }
             serf_kind::JOIN => {
                 let m: msg::SerfJoin = mp::decode(body)?;
+                self.plausible_clock(self.clock, m.ltime)?;
                 self.handle_join_intent(now, &m).then_some(Queue::Intent)
             }
             serf_kind::USER_EVENT => {
                 let m: msg::SerfUserEvent = mp::decode(body)?;
+                self.plausible_clock(self.event_clock, m.ltime)?;
                 self.handle_user_event(&m).then_some(Queue::Event)
             }
             serf_kind::QUERY => {
                 let m: msg::SerfQuery = mp::decode(body)?;
+                self.plausible_clock(self.query_clock, m.ltime)?;
                 self.handle_query(now, m).then_some(Queue::Query)
             }
             serf_kind::QUERY_RESPONSE => {
@@ -229,6 +241,15 @@ impl Gossip {
             self.queue_serf_raw(q, user, None);
         }
         Ok(())
+    }
+
+    /// Refuses a message stamped too far ahead of `clock` (see [`Lamport::plausible`]).
+    fn plausible_clock(&self, clock: Lamport, t: u64) -> Result<(), DropReason> {
+        if clock.plausible(t) {
+            return Ok(());
+        }
+        tracing::debug!(ltime = t, clock = clock.time(), "message stamped too far ahead: refused");
+        Err(DropReason::Forged)
     }
 
     /// Returns whether the intent is news worth re-broadcasting.
@@ -260,7 +281,10 @@ impl Gossip {
             }
             MemberStatus::Leaving | MemberStatus::Left => true,
         };
-        if m.prune {
+        // Pruning forgets a member for good, so it only ever applies to one that is already
+        // gone: a live member can still refute the leave, and must stay in the view to do so.
+        let gone = self.members.get(m.node.as_str()).map(|x| x.member.status);
+        if m.prune && matches!(gone, Some(MemberStatus::Left | MemberStatus::Failed)) {
             self.erase_member(&m.node);
         }
         rebroadcast
@@ -282,8 +306,12 @@ impl Gossip {
     }
 
     fn upsert_intent(&mut self, now: Instant, node: &str, leave: bool, ltime: u64) -> bool {
+        if crate::limits::check_name(node).is_err() {
+            return false;
+        }
         match self.intents.get(node) {
             Some(i) if ltime <= i.ltime => false,
+            None if self.intents.len() >= INTENTS_MAX => false,
             _ => {
                 self.intents.insert(node.to_string(), crate::serf::Intent { leave, ltime, seen: now });
                 true
@@ -380,7 +408,10 @@ impl Gossip {
         mp::encode_with_type(serf_kind::PUSH_PULL, &pp)
     }
 
-    pub(crate) fn merge_serf_state(&mut self, now: Instant, buf: &[u8], _join: bool, ignore_old: bool) {
+    /// Merges a peer's Serf state. Its clocks may move ours far ahead only when the exchange is
+    /// one our own join started (a fresh node learning the cluster's time); otherwise they are
+    /// held to the same horizon as gossiped messages.
+    pub(crate) fn merge_serf_state(&mut self, now: Instant, buf: &[u8], own_join: bool, ignore_old: bool) {
         let Some((&serf_kind::PUSH_PULL, body)) = buf.split_first() else {
             self.drop_input(DropReason::Malformed, self.advertise);
             return;
@@ -389,6 +420,22 @@ impl Gossip {
             self.drop_input(DropReason::Malformed, self.advertise);
             return;
         };
+        let plausible = |clock: Lamport, t: u64| {
+            if own_join { t <= LTIME_MAX } else { clock.plausible(t) }
+        };
+        let clocks =
+            [(pp.ltime, self.clock), (pp.event_ltime, self.event_clock), (pp.query_ltime, self.query_clock)];
+        if clocks.iter().any(|&(t, clock)| !plausible(clock, t))
+            || pp.status_ltimes.values().any(|&t| !plausible(self.clock, t))
+        {
+            tracing::debug!(
+                ltime = pp.ltime,
+                clock = self.clock.time(),
+                "push/pull state stamped too far ahead: refused"
+            );
+            self.drop_input(DropReason::Forged, self.advertise);
+            return;
+        }
         if pp.ltime > 0 {
             self.clock.witness(pp.ltime - 1);
         }
@@ -399,12 +446,18 @@ impl Gossip {
             self.query_clock.witness(pp.query_ltime - 1);
         }
         for name in &pp.left_members {
-            let ltime = pp.status_ltimes.get(name).copied().unwrap_or(0) + 1;
+            let ltime = pp.status_ltimes.get(name).copied().unwrap_or(0).saturating_add(1);
             let leave = msg::SerfLeave { ltime, node: name.clone(), prune: false };
-            self.handle_leave_intent(now, &leave);
+            let was_alive =
+                self.members.get(name.as_str()).is_some_and(|m| m.member.status == MemberStatus::Alive);
+            if self.handle_leave_intent(now, &leave) && was_alive {
+                // Spread it: if the member is in fact alive, it hears of the claim and refutes it.
+                self.queue_serf(Queue::Intent, serf_kind::LEAVE, &leave, None);
+            }
         }
+        let left: std::collections::BTreeSet<&str> = pp.left_members.iter().map(String::as_str).collect();
         for (name, &ltime) in &pp.status_ltimes {
-            if pp.left_members.contains(name) {
+            if left.contains(name.as_str()) {
                 continue;
             }
             self.handle_join_intent(now, &msg::SerfJoin { ltime, node: name.clone() });

@@ -110,6 +110,20 @@ impl AliveInfo {
     }
 }
 
+/// How far past a known member's incarnation a message about it may claim to be. Members bump
+/// their incarnation once per refutation or tag change; a bigger jump is a forgery meant to leave
+/// the member unable to refute (incarnations are 32-bit and never wrap here).
+const INCARNATION_HORIZON: u32 = 1 << 20;
+/// Most refused names remembered so that each is logged once.
+const REFUSED_LOGGED_MAX: usize = 1024;
+
+/// Checks what an `alive` claim would put into the view: name, metadata, address.
+fn check_claim(a: &AliveInfo) -> Result<(), crate::limits::Violation> {
+    crate::limits::check_name(&a.name)?;
+    crate::limits::check_meta(&a.meta)?;
+    crate::limits::check_addr(a.addr)
+}
+
 /// A peer's state as received in a push/pull exchange.
 #[derive(Debug)]
 pub(crate) struct RemoteState {
@@ -585,6 +599,19 @@ impl Gossip {
             tracing::warn!(node = %a.name, "ignoring alive message with invalid protocol versions");
             return;
         }
+        let known = self.index.get(&a.name).map(|&i| &self.nodes[i]);
+        if let Some(n) = known
+            && !is_local
+            && a.incarnation > n.incarnation.saturating_add(INCARNATION_HORIZON)
+        {
+            self.drop_input(DropReason::Forged, a.addr);
+            return;
+        }
+        let claim_changed = known.is_none_or(|n| n.meta != a.meta || n.addr != a.addr);
+        if claim_changed && let Err(why) = check_claim(&a) {
+            self.refuse_member(&a.name, a.addr, &why);
+            return;
+        }
         let mut updates_node = false;
         let idx = match self.index.get(&a.name) {
             None => {
@@ -671,9 +698,20 @@ impl Gossip {
         }
     }
 
+    /// Counts a refused member claim and logs it the first time its name is seen.
+    pub(crate) fn refuse_member(&mut self, name: &str, addr: SocketAddr, why: &crate::limits::Violation) {
+        self.drop_input(DropReason::Refused, addr);
+        if self.refused.len() < REFUSED_LOGGED_MAX && self.refused.insert(Arc::from(name)) {
+            tracing::warn!(
+                node = %crate::limits::escape(name), %addr, reason = %why,
+                "member refused: its claim breaks the membership limits (logged once per name)"
+            );
+        }
+    }
+
     /// Raises our incarnation above `accused` and re-announces ourselves.
     fn refute(&mut self, accused: u32) {
-        self.incarnation = self.incarnation.wrapping_add(1).max(accused.wrapping_add(1));
+        self.incarnation = self.incarnation.saturating_add(1).max(accused.saturating_add(1));
         self.apply_awareness(1);
         let inc = self.incarnation;
         let name = self.name.clone();
@@ -693,6 +731,11 @@ impl Gossip {
     pub(crate) fn suspect_node(&mut self, now: Instant, node: &str, incarnation: u32, from: &str) {
         let Some(&i) = self.index.get(node) else { return };
         if incarnation < self.nodes[i].incarnation {
+            return;
+        }
+        if incarnation > self.nodes[i].incarnation.saturating_add(INCARNATION_HORIZON) {
+            let addr = self.nodes[i].addr;
+            self.drop_input(DropReason::Forged, addr);
             return;
         }
         let name = self.nodes[i].name.clone();
@@ -779,6 +822,11 @@ impl Gossip {
         if incarnation < self.nodes[i].incarnation {
             return;
         }
+        if incarnation > self.nodes[i].incarnation.saturating_add(INCARNATION_HORIZON) {
+            let addr = self.nodes[i].addr;
+            self.drop_input(DropReason::Forged, addr);
+            return;
+        }
         let name = self.nodes[i].name.clone();
         if let Some(s) = self.suspicions.remove(&name) {
             self.timers.cancel(s.timer);
@@ -852,7 +900,13 @@ impl Gossip {
     }
 
     /// Merges a peer's full state into ours (memberlist first, then Serf's part).
-    pub(crate) fn merge_remote_state(&mut self, now: Instant, remote: RemoteState, ignore_old: bool) {
+    pub(crate) fn merge_remote_state(
+        &mut self,
+        now: Instant,
+        remote: RemoteState,
+        own_join: bool,
+        ignore_old: bool,
+    ) {
         self.stats.push_pulls += 1;
         let me = self.name.to_string();
         for r in &remote.nodes {
@@ -875,7 +929,7 @@ impl Gossip {
             }
         }
         if !remote.user.is_empty() {
-            self.merge_serf_state(now, &remote.user, remote.join, ignore_old);
+            self.merge_serf_state(now, &remote.user, own_join, ignore_old);
         }
     }
 }

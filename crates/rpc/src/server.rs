@@ -70,10 +70,17 @@ pub async fn start(
 /// Ends the connection after the reply has been written.
 struct Close;
 
+/// Encoded messages queued for one client's socket. Streams wait for room (their sources
+/// are bounded and drop what a slow client cannot take); a client that sends requests
+/// without reading the replies is disconnected once this fills.
+const OUTPUT_QUEUE: usize = 256;
+
 struct Connection {
     agent: AgentHandle,
     cfg: Arc<ServerConfig>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::Sender<Vec<u8>>,
+    /// A reply found the output queue full: the client does not read; close.
+    overflow: std::sync::atomic::AtomicBool,
     version: i64,
     authed: bool,
     streams: HashMap<u64, JoinHandle<()>>,
@@ -86,7 +93,7 @@ impl Connection {
     async fn run(stream: TcpStream, peer: SocketAddr, agent: AgentHandle, cfg: Arc<ServerConfig>) {
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
         let writer = tokio::spawn(async move {
             while let Some(buf) = out_rx.recv().await {
                 if wr.write_all(&buf).await.is_err() {
@@ -99,6 +106,7 @@ impl Connection {
             agent,
             cfg,
             out,
+            overflow: std::sync::atomic::AtomicBool::new(false),
             version: 0,
             authed: false,
             streams: HashMap::new(),
@@ -118,6 +126,10 @@ impl Connection {
                 }
             };
             match conn.handle(&mut reader, header).await {
+                Ok(()) if conn.overflow.load(Ordering::Relaxed) => {
+                    tracing::warn!(%peer, "RPC client does not read its replies; closing");
+                    break;
+                }
                 Ok(()) => {}
                 Err(Close) => break,
             }
@@ -135,7 +147,9 @@ impl Connection {
 
     fn reply(&self, seq: u64, error: &str, body: Option<&dyn WireDyn>) {
         let header = ResponseHeader { seq, error: error.to_string() };
-        let _ = self.out.send(encode_pair(&header, body));
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.out.try_send(encode_pair(&header, body)) {
+            self.overflow.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Reads and decodes the request `header` announces (its body, if the command takes one),
@@ -395,7 +409,7 @@ impl Connection {
                         )
                     }
                 };
-                if out.send(buf).is_err() {
+                if out.send(buf).await.is_err() {
                     break;
                 }
             }
@@ -420,7 +434,7 @@ impl Connection {
                     // tracing orders levels from most to least verbose: ERROR < … < TRACE.
                     Ok(l) if l.level <= min => {
                         let header = ResponseHeader { seq, error: String::new() };
-                        if out.send(encode_pair(&header, Some(&LogRecord { log: l.line }))).is_err() {
+                        if out.send(encode_pair(&header, Some(&LogRecord { log: l.line }))).await.is_err() {
                             break;
                         }
                     }
@@ -459,12 +473,12 @@ impl Connection {
                                 QueryRecord { kind: query_record::RESPONSE.into(), from, payload }
                             }
                         };
-                        if out.send(encode_pair(&header, Some(&rec))).is_err() {
+                        if out.send(encode_pair(&header, Some(&rec))).await.is_err() {
                             return;
                         }
                     }
                     let done = QueryRecord { kind: query_record::DONE.into(), ..QueryRecord::default() };
-                    let _ = out.send(encode_pair(&header, Some(&done)));
+                    let _ = out.send(encode_pair(&header, Some(&done))).await;
                 });
             }
         }
