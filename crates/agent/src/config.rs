@@ -19,7 +19,7 @@ pub enum ConfigError {
     #[error("invalid tag {0:?}: expected KEY=VALUE")]
     BadTag(String),
     /// A tag breaks the membership limits (control characters, `=` or `,` in a key, size).
-    #[error("invalid tag {spec:?}: {source}")]
+    #[error("invalid tag {spec:?}")]
     InvalidTag {
         /// The tag as given (escaped when shown).
         spec: String,
@@ -27,7 +27,7 @@ pub enum ConfigError {
         source: shoal_gossip::Violation,
     },
     /// The node name breaks the membership limits.
-    #[error("invalid node name {name:?}: {source}")]
+    #[error("invalid node name {name:?}")]
     InvalidName {
         /// The name as given.
         name: String,

@@ -27,7 +27,15 @@ pub fn config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
         join,
         replay: args.replay,
         tags: parse_tags(&args.tags)?,
-        encrypt: args.encrypt.clone(),
+        encrypt: match &args.encrypt_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the gossip key from {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => args.encrypt.clone(),
+        },
         keyring_file: args.keyring_file.clone(),
         profile: args.profile,
         label: args.label.clone(),

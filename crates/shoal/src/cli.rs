@@ -57,6 +57,8 @@ pub enum Command {
     Monitor(MonitorArgs),
     /// Manage gossip encryption keys on every member at once.
     Keys(KeysArgs),
+    /// Print a new random gossip encryption key (32 bytes in base64), as `serf keygen` does.
+    Keygen,
     /// Show an agent's state and statistics.
     Info(InfoArgs),
     /// Steer a running balancer's servers through its runtime API (drain, ready, maint, weight).
@@ -255,8 +257,13 @@ pub struct AgentArgs {
     #[arg(long = "tag", env = "SHOAL_TAGS", value_delimiter = ',')]
     pub tags: Vec<String>,
     /// Gossip encryption key: 16, 24 or 32 bytes in base64 (as `serf keygen` prints).
-    #[arg(long, env = "SHOAL_ENCRYPT", hide_env_values = true)]
+    #[arg(long, env = "SHOAL_ENCRYPT", hide_env_values = true, conflicts_with = "encrypt_file")]
     pub encrypt: Option<String>,
+    /// File holding the gossip encryption key in base64 (a Docker or Kubernetes secret, e.g.
+    /// /run/secrets/gossip_key); surrounding whitespace is ignored. Keeps the key out of the
+    /// environment and the process list.
+    #[arg(long, env = "SHOAL_ENCRYPT_FILE")]
+    pub encrypt_file: Option<PathBuf>,
     /// File that keeps the keyring (JSON list of base64 keys, primary first); created from
     /// --encrypt when missing, rewritten when keys are rotated.
     #[arg(long, env = "SHOAL_KEYRING_FILE")]

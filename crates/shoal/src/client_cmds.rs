@@ -260,3 +260,14 @@ pub async fn info(a: InfoArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `shoal keygen`: a fresh 32-byte key from the kernel's random source, in base64.
+pub fn keygen() -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .context("cannot read /dev/urandom")?;
+    println!("{}", shoal_gossip::encode_key(&key));
+    Ok(())
+}

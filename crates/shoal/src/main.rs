@@ -62,6 +62,7 @@ fn main() -> std::process::ExitCode {
             Command::Tags(a) => client_cmds::tags(a).await,
             Command::Monitor(a) => client_cmds::monitor(a, &level).await,
             Command::Keys(a) => client_cmds::keys(a).await,
+            Command::Keygen => client_cmds::keygen(),
             Command::Info(a) => client_cmds::info(a).await,
         }
     });

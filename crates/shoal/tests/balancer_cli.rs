@@ -151,3 +151,26 @@ fn balancer_follows_gossip_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(TcpStream::connect(front).is_err(), "the listener is closed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_agent_refuses_a_node_name_or_tag_that_could_inject_lines() {
+    for args in [
+        vec!["agent", "--node", "web\nprogram pwn", "--bind", "127.0.0.1:0"],
+        vec![
+            "agent",
+            "--node",
+            "web",
+            "--tag",
+            "role=backend\n  stats socket /tmp/s",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        vec!["agent", "--node", "../etc/x", "--bind", "127.0.0.1:0"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal")).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("invalid node name") || err.contains("invalid tag"), "{err}");
+        assert!(err.contains("may not contain") || err.contains("control character"), "{err}");
+    }
+}
