@@ -2,7 +2,9 @@
 //! nginx (`nginx -s reload`): under continuous load, 20 backends join and leave one
 //! by one with zero failed requests; a template edited into an invalid config is
 //! refused by the check and the proxy keeps serving its last good config; the
-//! reference stack's template renders unchanged beside a real Serf agent.
+//! reference stack's template renders unchanged beside a real Serf agent; hostile Serf
+//! members whose name or tag holds newlines never get a line into haproxy.cfg, and the
+//! format helpers keep odd names one token for the real HAProxy and nginx.
 
 mod common;
 
@@ -440,4 +442,202 @@ fn a_bind_mounted_destination_is_rewritten_in_place() {
     let leftovers: Vec<_> =
         std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 3, "no staged file left: {leftovers:?}");
+}
+
+/// A real Serf agent as a cluster member, under any name (its log file is not named after it:
+/// a node name may hold anything, slashes and newlines included).
+fn serf_member(name: &str, args: &[&str]) -> Proc {
+    let (bind, rpc) = (addr(free_port()), addr(free_port()));
+    let log = std::env::temp_dir().join(format!("shoal-test-serf-member-{}.log", bind.port()));
+    let child = Command::new("serf")
+        .arg("agent")
+        .arg(format!("-node={name}"))
+        .arg(format!("-bind={bind}"))
+        .arg(format!("-rpc-addr={rpc}"))
+        .args(args)
+        .stdout(std::fs::File::create(log).expect("log file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serf");
+    Proc { child, name: format!("serf {}", name.escape_debug()) }
+}
+
+fn lines_of(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+/// The reference template, on `backends` and with each backend's `zone` tag in a comment.
+fn zoned_template() -> String {
+    REFERENCE_TEMPLATE.replace(
+        "{{#each addresses}}\n    server {{ host }} {{ ip }}:3000 check",
+        "{{#each backends}}\n    server {{ host }} {{ ip }}:3000 check # zone {{ tags.zone }}",
+    )
+}
+
+/// Rendered without the guard and checked by HAProxy: what `shoal render` wrote before
+/// members were distrusted. `Some(config)` if HAProxy accepts it.
+fn unguarded_haproxy_config(dir: &Path, name: &str, tags: &[(&str, &str)]) -> Option<String> {
+    use shoal_render::model::{Cluster, MemberView, Selection, model};
+    let mut tags: std::collections::BTreeMap<String, String> =
+        tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    tags.insert("role".into(), "backend".into());
+    let member = MemberView { name: name.into(), addr: addr(7946), status: "alive".into(), tags };
+    let data = model(&Cluster { local: None, members: vec![member] }, &Selection::default());
+    let text = shoal_render::template::render("t", &zoned_template(), &data, false).unwrap();
+    let path = dir.join("unguarded.cfg");
+    std::fs::write(&path, &text).unwrap();
+    let check = Command::new("haproxy").args(["-c", "-q", "-f"]).arg(&path).output().unwrap();
+    check.status.success().then_some(text)
+}
+
+/// Hostile members, played by real Serf agents (Serf accepts any node name and tag value):
+/// a name, then a tag value, holding newlines and a `program` section. HAProxy would accept
+/// either as rendered before; now `shoal render` refuses the output, naming the member: the
+/// live haproxy.cfg keeps its bytes and the reload command does not run. Once the member is
+/// gone, the next join renders and reloads again.
+#[test]
+fn a_member_name_or_tag_with_newlines_never_reaches_haproxy_cfg() {
+    if !require("serf") || !require("haproxy") {
+        return;
+    }
+    let dir = temp_dir("hostile-render");
+    let (template, dest, reloads) =
+        (dir.join("haproxy.cfg.hbs"), dir.join("haproxy.cfg"), dir.join("reloads"));
+    std::fs::write(&template, zoned_template()).unwrap();
+    let ha = Serf::start("ha", &["-tag", "role=balancer"]);
+    let join = format!("-join={}", ha.bind);
+    let (_render, render_log) = shoal(
+        "render-hostile",
+        &[
+            "render",
+            &format!("--rpc-addr={}", ha.rpc),
+            &format!("--template={}:{}", template.display(), dest.display()),
+            "--check=haproxy -c -q -f {{src}}",
+            &format!("--command=echo reloaded >> {}", reloads.display()),
+            "--wait=50ms:500ms",
+        ],
+        &[],
+    );
+    let log = || std::fs::read_to_string(&render_log).unwrap_or_default();
+    let _s1 = serf_member("s1", &["-tag", "role=backend", "-tag", "zone=eu", &join]);
+    let rendered = wait_for(Duration::from_secs(15), || {
+        std::fs::read_to_string(&dest).is_ok_and(|c| c.contains("server s1 127.0.0.1:3000 check # zone eu\n"))
+    });
+    assert!(rendered.is_some(), "s1 is rendered:\n{}", log());
+
+    // A second `global` section turns master-worker mode on, which `program` sections need;
+    // the rest of the server's line goes to a server of another backend.
+    let program =
+        format!("global\n    master-worker\nprogram x\n    command /bin/touch {}/pwned", dir.display());
+    let attacks = [
+        (format!("x 127.0.0.1:9\n{program}\nbackend spare\n    server y"), "zone=eu".to_string(), "name"),
+        ("s-zone".to_string(), format!("zone=eu\n{program}"), "tag \"zone\""),
+    ];
+    let mut joined = Vec::new();
+    for (round, (name, tag, field)) in attacks.iter().enumerate() {
+        let good = std::fs::read(&dest).unwrap();
+        let reloaded = lines_of(&reloads);
+        // The attack is real: unguarded, HAProxy accepts the file with a `program` section.
+        let (_, value) = tag.split_once('=').unwrap();
+        let unguarded = unguarded_haproxy_config(&dir, name, &[("zone", value)]);
+        assert!(
+            unguarded.as_deref().is_some_and(|c| c.lines().any(|l| l.starts_with("program "))),
+            "unguarded, haproxy -c accepts an injected program section: {unguarded:?}"
+        );
+
+        let refusals = log().matches("refused: destination and service kept").count();
+        let evil = serf_member(name, &["-tag", "role=backend", "-tag", tag, &join]);
+        let seen = wait_for(Duration::from_secs(15), || ha.status_of(name).as_deref() == Some("alive"));
+        assert!(seen.is_some(), "Serf admits the member {name:?}");
+        let refused = wait_for(Duration::from_secs(15), || {
+            log().matches("refused: destination and service kept").count() > refusals
+        });
+        assert!(refused.is_some(), "render refuses the output:\n{}", log());
+        let escaped_name = shoal_render::model::escaped(name);
+        let line = log().lines().rfind(|l| l.contains("refused: destination")).unwrap_or("").to_string();
+        assert!(
+            line.contains(&format!("member {escaped_name}: its {field} holds a control character (U+000A)")),
+            "the log names the member and the field: {line}"
+        );
+        assert!(!log().contains("\nprogram "), "no raw newline from the member reaches render's log");
+        assert_eq!(std::fs::read(&dest).unwrap(), good, "round {round}: haproxy.cfg keeps its bytes");
+        assert_eq!(lines_of(&reloads), reloaded, "round {round}: no reload");
+        assert!(!dir.join("pwned").exists());
+
+        // The member leaves; render keeps going: the next join is rendered and reloaded.
+        evil.signal("INT");
+        let left = wait_for(Duration::from_secs(15), || ha.status_of(name).as_deref() != Some("alive"));
+        assert!(left.is_some(), "{name:?} leaves");
+        let next = format!("s{}", round + 2);
+        joined.push(serf_member(&next, &["-tag", "role=backend", &join]));
+        let line = format!("server {next} 127.0.0.1:3000 check # zone \n");
+        let rendered = wait_for(Duration::from_secs(15), || {
+            std::fs::read_to_string(&dest).is_ok_and(|c| c.contains(&line)) && lines_of(&reloads) > reloaded
+        });
+        assert!(rendered.is_some(), "{next} is rendered and reloaded after the member left:\n{}", log());
+        let cfg = std::fs::read_to_string(&dest).unwrap();
+        assert!(!cfg.contains("program") && !cfg.contains("pwned"), "{cfg}");
+        let check = Command::new("haproxy").args(["-c", "-q", "-f"]).arg(&dest).output().unwrap();
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        drop(evil);
+    }
+}
+
+/// A name without control characters can still rewrite a line it is written into as is (a
+/// space starts the server's address): `haproxy_name` and `nginx_string` make it one valid
+/// token, which the real HAProxy and nginx accept, with the address the member really has.
+#[test]
+fn format_helpers_keep_an_odd_name_one_token_for_real_haproxy_and_nginx() {
+    if !require("haproxy") || !require("nginx") {
+        return;
+    }
+    let dir = temp_dir("helpers");
+    let odd = "x 10.9.9.9:80 backup #\"a;b}{c$host\\";
+    let data = serde_json::json!({ "backends": [ { "name": odd, "addr": "127.0.0.1:3000" } ] });
+    let haproxy = |server: &str| {
+        let t = format!(
+            "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\n\
+             frontend fe\n    bind 127.0.0.1:9\n    default_backend nodes\n\
+             backend nodes\n{{{{#each backends}}}}    server {server} {{{{addr}}}}\n{{{{/each}}}}"
+        );
+        let text = shoal_render::template::render("t", &t, &data, true).unwrap();
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, &text).unwrap();
+        let ok = Command::new("haproxy").args(["-c", "-q", "-f"]).arg(&path).status().unwrap().success();
+        (ok, text)
+    };
+    // As is, the name moves the server to 10.9.9.9 as a backup, and HAProxy accepts it.
+    let (ok, raw) = haproxy("{{name}}");
+    assert!(ok && raw.contains("server x 10.9.9.9:80 backup #"), "{raw}");
+    let (ok, safe) = haproxy("{{haproxy_name name}}");
+    assert!(ok, "{safe}");
+    assert!(safe.contains("    server x_10.9.9.9:80_backup___a_b__c_host_ 127.0.0.1:3000\n"), "{safe}");
+
+    let nginx = |header: &str| {
+        let d = dir.display();
+        let t = format!(
+            "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ }}\nhttp {{\n  access_log off;\n  \
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  \
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:9;\n\
+             {{{{#each backends}}}}    add_header X-Backend {header};\n{{{{/each}}}}  }}\n}}\n"
+        );
+        let text = shoal_render::template::render("t", &t, &data, true).unwrap();
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, &text).unwrap();
+        let check = Command::new("nginx")
+            .args(["-t", "-q", "-p"])
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("check.log"))
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (check.status.success(), text)
+    };
+    let (ok, raw) = nginx("{{name}}");
+    assert!(!ok, "nginx refuses the name as is: {raw}");
+    let (ok, safe) = nginx("{{nginx_string name}}");
+    assert!(ok, "{safe}");
+    assert!(safe.contains(r#"add_header X-Backend "x 10.9.9.9:80 backup #\"a;b}{c_host\\";"#), "{safe}");
 }
