@@ -10,6 +10,8 @@
 //!   HAProxy reloaded by a Serf event handler (the reference design).
 //! * `pool`: the balancer with 1 000 backends — cost of a membership change,
 //!   memory per backend, requests through a burst of 500 joins.
+//! * `hostile`: a hostile peer against real Serf and Shoal agents — probe-ack latency under a
+//!   flood of costly queries, CPU for a trickled or a huge stream message.
 //! * `chaos`: the Docker lab (two balancers, encrypted gossip) under load while web
 //!   containers are stopped, killed, paused, disconnected, added and removed at random,
 //!   a balancer is killed and restarted and the key rotated; soak figures (RSS, fds).
@@ -19,6 +21,7 @@
 mod chaos;
 mod failover;
 mod gossip;
+mod hostile;
 mod pool;
 mod procs;
 mod proxy;
@@ -47,6 +50,8 @@ enum Command {
     Failover(failover::Args),
     /// The balancer with 1 000 backends: membership change cost, memory, a burst of joins under load.
     Pool(pool::Args),
+    /// A hostile peer: probe acks under a query flood, CPU for trickled and huge streams — Serf vs Shoal.
+    Hostile(hostile::Args),
     /// Chaos in Docker: random stop/kill/pause/disconnect/scale, balancer kills and key rotation under load.
     Chaos(chaos::Args),
 }
@@ -62,5 +67,6 @@ fn main() -> anyhow::Result<()> {
         Command::Failover(a) => failover::run(a),
         Command::Pool(a) => pool::run(a),
         Command::Chaos(a) => chaos::run(a),
+        Command::Hostile(a) => hostile::run(a),
     }
 }

@@ -57,11 +57,14 @@ pub enum DropReason {
     /// A message no honest member sends: a Lamport time far ahead of ours.
     #[error("forged clock")]
     Forged,
+    /// More costly work (new query filters) than the core's budget allows right now.
+    #[error("throttled")]
+    Throttled,
 }
 
 impl DropReason {
     /// Every reason, for metrics.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Truncated,
         DropReason::Label,
         DropReason::Decrypt,
@@ -74,6 +77,7 @@ impl DropReason {
         DropReason::TooDeep,
         DropReason::Refused,
         DropReason::Forged,
+        DropReason::Throttled,
     ];
 
     /// A short snake_case name for logs and metrics labels.
@@ -91,6 +95,7 @@ impl DropReason {
             DropReason::TooDeep => "too_deep",
             DropReason::Refused => "refused",
             DropReason::Forged => "forged",
+            DropReason::Throttled => "throttled",
         }
     }
 }
@@ -366,6 +371,12 @@ fn split_compound(buf: &[u8]) -> Result<(Vec<&[u8]>, usize), DropReason> {
 }
 
 /// Go's `compress/lzw` with LSB order and 8-bit literals, capped at `max` bytes.
+/// Inflates a memberlist compress message's body (`[Compress]` without its type byte), as
+/// found in a peer's packets (for tools and tests that read them).
+pub fn decompress_message(body: &[u8], max: usize) -> Result<Vec<u8>, DropReason> {
+    decompress(&mp::decode::<Compress>(body)?, max)
+}
+
 fn decompress(c: &Compress, max: usize) -> Result<Vec<u8>, DropReason> {
     if c.algo != 0 {
         return Err(DropReason::Compression);

@@ -226,6 +226,8 @@ pub struct Gossip {
     pub(crate) refused: std::collections::BTreeSet<Arc<str>>,
     /// Compiled query tag filters, by expression (`None`: it does not compile).
     pub(crate) filter_cache: BTreeMap<String, Option<Arc<regex::bytes::Regex>>>,
+    /// Tag filters that may still be compiled, and when that was last counted.
+    pub(crate) filter_budget: (f64, Instant),
 }
 
 impl std::fmt::Debug for Gossip {
@@ -302,6 +304,7 @@ impl Gossip {
             finished: Vec::new(),
             refused: std::collections::BTreeSet::new(),
             filter_cache: BTreeMap::new(),
+            filter_budget: (64.0, now),
             cfg,
         };
         g.clock.increment();

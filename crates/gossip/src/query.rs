@@ -29,10 +29,15 @@ pub const INTERNAL_QUERY_PREFIX: &str = "_serf_";
 pub const FILTERS_MAX: usize = 16;
 /// Longest tag-filter expression, in bytes.
 pub const FILTER_EXPR_MAX: usize = 256;
-/// Largest compiled program for one tag filter (the `regex` crate's size limit).
-const FILTER_PROGRAM_MAX: usize = 256 * 1024;
+/// Largest compiled program for one tag filter (the `regex` crate's size limit): the costliest
+/// pattern that fits compiles in about 0.2 ms.
+const FILTER_PROGRAM_MAX: usize = 64 * 1024;
 /// Compiled tag filters kept for reuse; the cache is emptied when it fills.
 const FILTER_CACHE_MAX: usize = 64;
+/// New tag filters compiled per second at most (a token bucket of this depth): honest queries
+/// reuse a handful of filters from the cache; a peer sending fresh ones is throttled, so the
+/// core spends at most ~1 % of a core compiling and a probe waits at most one query's worth.
+const FILTER_COMPILES_PER_SECOND: u32 = 64;
 
 /// Compiles a tag filter with bounded cost: byte-oriented (ASCII classes, no Unicode tables),
 /// at most [`FILTER_EXPR_MAX`] bytes of pattern and a bounded program, so a hostile query
@@ -166,14 +171,14 @@ impl Gossip {
             _ => *slot = Some((q.ltime, vec![q.id])),
         }
         let rebroadcast = q.flags & QUERY_FLAG_NO_BROADCAST == 0;
-        match self.should_process(&q.filters) {
+        match self.should_process(now, &q.filters) {
             Ok(true) => {}
             Ok(false) => return rebroadcast,
-            Err(()) => {
-                // Filters no honest asker sends (too many, too long, not compilable): the
-                // query goes no further, from here.
+            Err(reason) => {
+                // Filters no honest asker sends (too many, too long, not compilable, too many
+                // new ones too fast): the query goes no further, from here.
                 let from = ip_from_wire(&q.addr).map_or(self.advertise, |ip| SocketAddr::new(ip, q.port));
-                self.drop_input(DropReason::Malformed, from);
+                self.drop_input(reason, from);
                 return false;
             }
         }
@@ -212,39 +217,48 @@ impl Gossip {
     }
 
     /// Whether our node passes every filter; `Err` for filters no honest asker sends.
-    fn should_process(&mut self, filters: &[Vec<u8>]) -> Result<bool, ()> {
+    fn should_process(&mut self, now: Instant, filters: &[Vec<u8>]) -> Result<bool, DropReason> {
         if filters.len() > FILTERS_MAX {
-            return Err(());
+            return Err(DropReason::Malformed);
         }
         let mut pass = true;
         for f in filters {
             pass &= match f.split_first() {
                 Some((&filter_kind::NODE, body)) => {
-                    let nodes = mp::decode::<Vec<String>>(body).map_err(drop)?;
+                    let nodes = mp::decode::<Vec<String>>(body)?;
                     nodes.iter().any(|n| **n == *self.name)
                 }
                 Some((&filter_kind::TAG, body)) => {
-                    let ft = mp::decode::<msg::FilterTag>(body).map_err(drop)?;
-                    let re = self.tag_filter(&ft.expr)?;
+                    let ft = mp::decode::<msg::FilterTag>(body)?;
+                    let re = self.tag_filter(now, &ft.expr)?;
                     re.is_match(self.tags.get(&ft.tag).map_or("", String::as_str).as_bytes())
                 }
-                _ => return Err(()),
+                _ => return Err(DropReason::Malformed),
             };
         }
         Ok(pass)
     }
 
-    /// A compiled tag filter, from the cache when it was seen before.
-    fn tag_filter(&mut self, expr: &str) -> Result<Arc<regex::bytes::Regex>, ()> {
+    /// A compiled tag filter, from the cache when it was seen before; a new one only while
+    /// the compile budget lasts.
+    fn tag_filter(&mut self, now: Instant, expr: &str) -> Result<Arc<regex::bytes::Regex>, DropReason> {
         if let Some(re) = self.filter_cache.get(expr) {
-            return re.clone().ok_or(());
+            return re.clone().ok_or(DropReason::Malformed);
         }
+        let (tokens, at) = self.filter_budget;
+        let refill = now.saturating_duration_since(at).as_secs_f64() * f64::from(FILTER_COMPILES_PER_SECOND);
+        let tokens = (tokens + refill).min(f64::from(FILTER_COMPILES_PER_SECOND));
+        if tokens < 1.0 {
+            self.filter_budget = (tokens, now);
+            return Err(DropReason::Throttled);
+        }
+        self.filter_budget = (tokens - 1.0, now);
         if self.filter_cache.len() >= FILTER_CACHE_MAX {
             self.filter_cache.clear();
         }
         let re = compile_filter(expr).ok().map(Arc::new);
         self.filter_cache.insert(expr.to_string(), re.clone());
-        re.ok_or(())
+        re.ok_or(DropReason::Malformed)
     }
 
     /// Answers a query (a handler's output). Only the first answer counts.

@@ -262,3 +262,22 @@ fn a_hostile_push_pull_admits_only_the_honest_members_and_moves_no_clock() {
     assert_eq!(status(&sim, 0, "node-2"), Some(MemberStatus::Alive));
     assert!(g.clocks().0 < 1000);
 }
+
+#[test]
+fn fresh_filters_faster_than_the_compile_budget_are_throttled() {
+    let mut sim = cluster(38);
+    let base = sim.gossip(0).clocks().2 + 10;
+    for i in 0..200u64 {
+        send(&mut sim, 0, &query(base + i, vec![tag_filter("role", &format!(r"^back\w*{i}$"))]));
+    }
+    let throttled = dropped(sim.gossip(0), DropReason::Throttled);
+    assert!((130..=140).contains(&throttled), "about 200 - 64 throttled, got {throttled}");
+    // The budget refills with time: a second later new filters compile again, and filters
+    // already compiled never cost budget.
+    sim.run_for(Duration::from_secs(1));
+    let queued = sim.gossip(0).queue_depths().2;
+    send(&mut sim, 0, &query(base + 300, vec![tag_filter("role", r"^backend$")]));
+    send(&mut sim, 0, &query(base + 301, vec![tag_filter("role", r"^back\w*3$")]));
+    assert_eq!(dropped(sim.gossip(0), DropReason::Throttled), throttled);
+    assert_eq!(sim.gossip(0).queue_depths().2, queued + 2);
+}
