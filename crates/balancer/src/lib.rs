@@ -10,11 +10,19 @@
 //! [`Balancer::reload`] swaps in a new configuration (SIGHUP) without dropping a
 //! connection; [`Balancer::shutdown`] stops accepting and lets in-flight
 //! requests finish.
+//!
+//! Membership is remote input: a pool routes only to addresses its
+//! [`admission`] policy accepts, caps the weight a member claims, sticks clients
+//! with an opaque per-server cookie ([`sticky`]), and every output that carries
+//! member data escapes it ([`escape`]).
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
+pub mod cidr;
 pub mod config;
 mod conn;
+pub mod escape;
 mod h1;
 mod health;
 mod limits;
@@ -22,6 +30,7 @@ pub mod pool;
 pub mod proxy;
 mod retry;
 pub mod stats;
+pub mod sticky;
 mod tls;
 mod upstream;
 
