@@ -63,7 +63,8 @@ fn free_port() -> anyhow::Result<u16> {
     let base = 12_000 + (std::process::id() % 8_000) as u16;
     for _ in 0..1000 {
         let p = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8_000;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        {
             return Ok(p);
         }
     }
@@ -117,7 +118,10 @@ impl Prober {
     fn ping(&self, timeout: Duration) -> Option<Duration> {
         let seq = self.seq.get();
         self.seq.set(seq + 1);
-        let ping = mp::encode_with_type(kind::PING, &msg::Ping { seq_no: seq, node: NODE.into(), ..Default::default() });
+        let ping = mp::encode_with_type(
+            kind::PING,
+            &msg::Ping { seq_no: seq, node: NODE.into(), ..Default::default() },
+        );
         let sent = Instant::now();
         self.sock.send_to(&ping, self.to).ok()?;
         let mut buf = [0u8; 65_536];
@@ -167,7 +171,7 @@ fn hostile_query(ltime: u64, variant: u64, reply_port: u16) -> Vec<u8> {
         msg::FilterTag { tag: "role".into(), expr }.put(&mut f);
         f
     };
-    let filters: Vec<Vec<u8>> = if variant % 2 == 0 {
+    let filters: Vec<Vec<u8>> = if variant.is_multiple_of(2) {
         (0..100).map(|_| filter(r"\w{0,50}x".into())).collect()
     } else {
         (0..16).map(|i| filter(format!(r"(\w{{0,20}}[a-z]{{0,20}}\d{{0,20}}){{1,3}}q{ltime}x{i}"))).collect()
@@ -308,7 +312,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("| agent | probe ack, calm | probe ack, query flood | lost probes | agent CPU, flood | CPU, trickle | CPU, 8 MiB burst |");
+    println!(
+        "| agent | probe ack, calm | probe ack, query flood | lost probes | agent CPU, flood | CPU, trickle | CPU, 8 MiB burst |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for &which in &impls {
         let rounds: Vec<&Round> = results.iter().filter(|(w, _)| *w == which).map(|(_, r)| r).collect();

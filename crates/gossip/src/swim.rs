@@ -114,6 +114,8 @@ impl AliveInfo {
 /// their incarnation once per refutation or tag change; a bigger jump is a forgery meant to leave
 /// the member unable to refute (incarnations are 32-bit and never wrap here).
 const INCARNATION_HORIZON: u32 = 1 << 20;
+/// Indirect probes relayed for others at once.
+const RELAYS_MAX: usize = 1024;
 /// Most refused names remembered so that each is logged once.
 const REFUSED_LOGGED_MAX: usize = 1024;
 
@@ -301,6 +303,12 @@ impl Gossip {
         let ip = ip_from_wire(&ind.target).ok_or(DropReason::Malformed)?;
         let port = if ind.port == 0 { self.advertise.port() } else { ind.port };
         let target = SocketAddr::new(ip, port);
+        // Anyone can ask for an indirect probe: never of a broadcast or multicast address, and
+        // never more at once than a cluster's worth (each costs a timer and a datagram).
+        crate::limits::check_addr(target).map_err(|_| DropReason::Refused)?;
+        if self.relays.len() >= RELAYS_MAX {
+            return Err(DropReason::Throttled);
+        }
         let ping = self.self_ping(&ind.node);
         let seq = ping.seq_no;
         let origin = reply_addr(&ind.source_addr, ind.source_port).unwrap_or(from);

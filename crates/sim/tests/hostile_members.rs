@@ -281,3 +281,34 @@ fn fresh_filters_faster_than_the_compile_budget_are_throttled() {
     assert_eq!(dropped(sim.gossip(0), DropReason::Throttled), throttled);
     assert_eq!(sim.gossip(0).queue_depths().2, queued + 2);
 }
+
+#[test]
+fn indirect_probe_requests_are_capped_and_never_reflected_to_broadcast() {
+    let mut sim = cluster(39);
+    let sent_before = sim.gossip(0).stats().packets_sent;
+    let ind = |seq: u32, target: [u8; 4]| {
+        let m = msg::IndirectPing {
+            seq_no: seq,
+            target: target.to_vec(),
+            port: 7946,
+            node: String::new(),
+            nack: false,
+            ..Default::default()
+        };
+        mp::encode_with_type(kind::INDIRECT_PING, &m)
+    };
+    send(&mut sim, 0, &ind(1, [255, 255, 255, 255]));
+    send(&mut sim, 0, &ind(2, [224, 0, 0, 1]));
+    assert_eq!(dropped(sim.gossip(0), DropReason::Refused), 2);
+    for seq in 0..3000 {
+        send(&mut sim, 0, &ind(seq + 10, [10, 1, (seq >> 8) as u8, seq as u8]));
+    }
+    let relayed = sim.gossip(0).stats().packets_sent - sent_before;
+    assert_eq!(relayed, 1024, "one ping per accepted request, at most 1 024 in flight");
+    assert_eq!(dropped(sim.gossip(0), DropReason::Throttled), 3000 - 1024);
+    // Once they expire, the node relays again, and the cluster never noticed.
+    sim.run_for(Duration::from_secs(2));
+    for i in 0..3 {
+        assert_eq!(status(&sim, i, "node-0"), Some(MemberStatus::Alive));
+    }
+}
