@@ -1,7 +1,9 @@
 //! The access log: one line per request on stdout, in HAProxy's `httplog`
 //! format or as JSON lines, written by a thread of its own so that the request
 //! path never waits for the terminal (when the writer falls behind, lines are
-//! dropped and counted rather than slowing requests down).
+//! dropped and counted rather than slowing requests down). Names (a server's is
+//! a gossip member's) are escaped as one field each ([`crate::escape::field`]),
+//! so a name can neither add a line nor shift the fields; JSON lines are JSON.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::escape;
 
 /// Lines buffered between the request path and the writer thread.
 const QUEUE: usize = 16 * 1024;
@@ -186,15 +190,15 @@ fn opt_ms(d: Option<Duration>) -> i128 {
 /// actconn/feconn/beconn/srv_conn/retries 0/0 "request"`, as HAProxy's `option httplog`.
 pub fn httplog_line(r: &Record, out: &mut String) {
     use std::fmt::Write as _;
-    let backend = r.backend.as_deref().unwrap_or(&r.frontend);
-    let server = r.server.as_deref().unwrap_or("<NOSRV>");
+    let backend = escape::field(r.backend.as_deref().unwrap_or(&r.frontend));
+    let server = r.server.as_deref().map_or(std::borrow::Cow::Borrowed("<NOSRV>"), escape::field);
     let t = [r.termination[0] as char, r.termination[1] as char];
     let _ = write!(
         out,
         "{} [{}] {} {}/{} {}/0/{}/{}/{} {} {} - - {}{}-- {}/{}/{}/{}/{} 0/0 \"{}\"",
         r.client,
         haproxy_date(r.at),
-        r.frontend,
+        escape::field(&r.frontend),
         backend,
         server,
         ms(r.t_request),
@@ -315,6 +319,25 @@ mod tests {
         line.clear();
         httplog_line(&r, &mut line);
         assert!(line.contains(" static/<NOSRV> 10/0/-1/-1/109 503 2750 - - SC-- "), "{line}");
+    }
+
+    #[test]
+    fn a_hostile_server_name_stays_one_field_of_one_line() {
+        let mut r = record();
+        r.server = Some(Arc::from("evil 1\n10.0.0.1:1 [x] forged/line"));
+        let mut line = String::new();
+        httplog_line(&r, &mut line);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains(" static/evil\\x201\\n10.0.0.1:1\\x20[x]\\x20forged/line 10/0/30/69/109 "),
+            "{line}"
+        );
+        assert_eq!(line.split(' ').count(), 15, "the field count is unchanged: {line}");
+        line.clear();
+        json_line(&r, &mut line);
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["server"], "evil 1\n10.0.0.1:1 [x] forged/line", "JSON carries the name exactly");
     }
 
     #[test]

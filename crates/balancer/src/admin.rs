@@ -5,19 +5,30 @@
 //! Like HAProxy's CLI, a connection sends one line of commands separated by `;`
 //! and gets their output; after `prompt` it stays open and prompts with `> `.
 //! On TCP with a token configured, the first command must be `auth TOKEN`.
+//! A line is at most [`MAX_LINE`] bytes (a longer one is answered with an error
+//! and the connection closed), and `limits.max_admin_connections` sessions run
+//! at once. Member names in the output are escaped ([`crate::escape`]).
 
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
 
 use crate::Balancer;
+use crate::escape;
 use crate::pool::{Admin, Health, Pool, Server};
 use crate::stats::rows::Snapshot;
+
+/// Longest command line, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+/// How long a session may take to send a line.
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One line of the `help` output per command, HAProxy style.
 const HELP: &[(&str, &str)] = &[
@@ -103,7 +114,6 @@ fn with_server(b: &Balancer, target: &str, f: impl FnOnce(&Pool, &Server) -> boo
 
 fn show_info(b: &Balancer) -> String {
     let uptime = Instant::now().saturating_duration_since(b.started()).as_secs();
-    let cfg = b.config();
     let fronts = b.frontend_stats();
     let sum = |f: fn(&crate::proxy::FrontendStats) -> u64| fronts.iter().map(|(_, s)| f(s)).sum::<u64>();
     let members = b.members();
@@ -115,7 +125,7 @@ fn show_info(b: &Balancer) -> String {
         ("Pid", std::process::id().to_string()),
         ("Uptime", format!("{days}d {hours}h{mins:02}m{secs:02}s")),
         ("Uptime_sec", uptime.to_string()),
-        ("Maxconn", cfg.limits.max_connections.to_string()),
+        ("Maxconn", b.max_connections().to_string()),
         ("CurrConns", b.open_connections().to_string()),
         ("CumConns", sum(|s| s.connections.load(Ordering::Relaxed)).to_string()),
         ("CumReq", sum(|s| s.requests.load(Ordering::Relaxed)).to_string()),
@@ -123,12 +133,16 @@ fn show_info(b: &Balancer) -> String {
             "Nbthread",
             tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()).to_string(),
         ),
-        ("node", members.local.name.to_string()),
+        ("node", escape::field(&members.local.name).into_owned()),
         ("Members", members.members.len().to_string()),
         ("MembersAlive", count(shoal_gossip::MemberStatus::Alive).to_string()),
         ("MembersLeaving", count(shoal_gossip::MemberStatus::Leaving).to_string()),
         ("MembersLeft", count(shoal_gossip::MemberStatus::Left).to_string()),
         ("MembersFailed", count(shoal_gossip::MemberStatus::Failed).to_string()),
+        (
+            "MembersRefused",
+            b.pools().values().map(|p| p.members_refused.load(Ordering::Relaxed)).sum::<u64>().to_string(),
+        ),
     ];
     lines.into_iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
 }
@@ -182,9 +196,9 @@ fn show_servers_state(b: &Balancer, only: Option<&str>) -> String {
                 out,
                 "{} {} {} {} {} {} {} {weight} {weight} {} {status} {result} {health} {} 0 0 0 - {} - 0 0 - - 0",
                 pool.id,
-                pool.cfg.name,
+                escape::field(&pool.cfg.name),
                 s.id,
-                s.name,
+                escape::field(&s.name),
                 s.addr.ip(),
                 if running { 2 } else { 0 },
                 admin_bits,
@@ -218,6 +232,47 @@ fn execute_line(b: &Balancer, line: &str, token: Option<&str>, authorized: &mut 
     out
 }
 
+/// What reading a command line came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    /// A line (without its end).
+    Line(String),
+    /// The client closed.
+    End,
+    /// The line went over [`MAX_LINE`].
+    TooLong,
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes, without holding more than that.
+async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Read> {
+    let mut line = Vec::new();
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(if line.is_empty() {
+                Read::End
+            } else {
+                Read::Line(String::from_utf8_lossy(&line).into())
+            });
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > MAX_LINE {
+            return Ok(Read::TooLong);
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take + usize::from(done));
+        if done {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(Read::Line(String::from_utf8_lossy(&line).into()));
+        }
+    }
+}
+
 /// Serves one CLI connection: a line of commands, or many after `prompt`.
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     b: Balancer,
@@ -226,11 +281,16 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let mut authorized = token.is_none();
     let (read, mut write) = tokio::io::split(stream);
-    let mut lines = BufReader::new(read).lines();
+    let mut read = BufReader::new(read);
     let mut interactive = false;
     loop {
-        let line = match tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line()).await {
-            Ok(Ok(Some(line))) => line,
+        let line = match tokio::time::timeout(LINE_TIMEOUT, read_line(&mut read)).await {
+            Ok(Ok(Read::Line(line))) => line,
+            Ok(Ok(Read::TooLong)) => {
+                let msg = format!("Command line too long: at most {MAX_LINE} bytes.\n\n");
+                write.write_all(msg.as_bytes()).await?;
+                return write.shutdown().await;
+            }
             _ => return Ok(()),
         };
         let mut rest = line.trim();
@@ -270,18 +330,60 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the runtime API on a unix socket (no token: the file's permissions guard it).
-pub async fn serve_unix(listener: UnixListener, b: Balancer) {
+/// Serves the runtime API on a unix socket (no token: the file's permissions guard it), at
+/// most as many sessions at once as `permits` holds.
+pub async fn serve_unix(listener: UnixListener, b: Balancer, permits: Arc<Semaphore>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        tokio::spawn(session(b.clone(), stream, None));
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let b = b.clone();
+        tokio::spawn(async move {
+            let _ = session(b, stream, None).await;
+            drop(permit);
+        });
     }
 }
 
-/// Serves the runtime API on TCP; with a token, `auth TOKEN` must come first.
-pub async fn serve_tcp(listener: TcpListener, b: Balancer, token: Option<String>) {
+/// Serves the runtime API on TCP; with a token, `auth TOKEN` must come first. At most as many
+/// sessions at once as `permits` holds (beyond, connections wait to be accepted).
+pub async fn serve_tcp(listener: TcpListener, b: Balancer, token: Option<String>, permits: Arc<Semaphore>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        tokio::spawn(session(b.clone(), stream, token.clone()));
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let (b, token) = (b.clone(), token.clone());
+        tokio::spawn(async move {
+            let _ = session(b, stream, token).await;
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_within_their_bound() {
+        let input = format!("show info\r\nhelp\n{}\n", "x".repeat(MAX_LINE + 1));
+        let mut r = BufReader::with_capacity(1024, input.as_bytes());
+        assert_eq!(read_line(&mut r).await.unwrap(), Read::Line("show info".into()));
+        assert_eq!(read_line(&mut r).await.unwrap(), Read::Line("help".into()));
+        assert_eq!(read_line(&mut r).await.unwrap(), Read::TooLong);
+        let exact = format!("{}\n", "y".repeat(MAX_LINE));
+        let mut r = BufReader::with_capacity(1024, exact.as_bytes());
+        assert!(matches!(read_line(&mut r).await.unwrap(), Read::Line(l) if l.len() == MAX_LINE));
+        assert_eq!(read_line(&mut r).await.unwrap(), Read::End);
+        let mut r = BufReader::new(&b"quit"[..]);
+        assert_eq!(
+            read_line(&mut r).await.unwrap(),
+            Read::Line("quit".into()),
+            "a last line without its end"
+        );
     }
 }

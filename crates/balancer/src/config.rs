@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cidr::Cidr;
+
 /// Parses `5s`, `500ms`, `1m` (and `0`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
@@ -226,6 +228,24 @@ pub struct PoolConfig {
     /// Which failures are retried.
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<RetryOn>,
+    /// Networks member addresses must lie in to be routed to (CIDR: `"10.0.0.0/8"`,
+    /// `"fd00::/8"`, a bare address for one host). Unset: the private ranges (10/8, 172.16/12,
+    /// 192.168/16, 100.64/10, fc00::/7), the networks of the host's interfaces, and loopback
+    /// when the balancer's own gossip address is loopback. Link-local (cloud metadata),
+    /// unspecified, multicast and broadcast addresses are refused unless a listed network lies
+    /// inside their range; the balancer's own listeners unless listed as `/32` (`/128`). See
+    /// [`crate::admission`].
+    #[serde(default)]
+    pub accept_networks: Option<Vec<String>>,
+    /// Largest weight a member's `weight` tag may claim (1-256; HAProxy's range, 256 by default).
+    #[serde(default = "default_max_weight")]
+    pub max_weight: u32,
+    /// Largest share of the pool's total weight one member may take while the pool has two
+    /// servers or more (0 < share <= 1; 0.5 by default: a member claiming more is brought down
+    /// to half the pool). An operator's `set server weight` is not capped by it. Set 1.0 to let
+    /// weight tags alone decide.
+    #[serde(default = "default_max_share")]
+    pub max_share: f64,
 }
 
 fn default_role() -> String {
@@ -239,6 +259,12 @@ fn default_retries() -> u32 {
 }
 fn default_retry_on() -> Vec<RetryOn> {
     vec![RetryOn::ConnectFailure, RetryOn::EmptyResponse]
+}
+fn default_max_weight() -> u32 {
+    crate::pool::MAX_WEIGHT
+}
+fn default_max_share() -> f64 {
+    0.5
 }
 
 impl PoolConfig {
@@ -256,7 +282,28 @@ impl PoolConfig {
             sticky_cookie: None,
             retries: default_retries(),
             retry_on: default_retry_on(),
+            accept_networks: None,
+            max_weight: default_max_weight(),
+            max_share: default_max_share(),
         }
+    }
+
+    /// The parsed `accept_networks` (`None` when unset: the default policy).
+    pub fn accepted_networks(&self) -> Result<Option<Vec<Cidr>>, ConfigError> {
+        let Some(list) = &self.accept_networks else { return Ok(None) };
+        if list.is_empty() {
+            return Err(ConfigError(format!(
+                "pool {:?}: accept_networks is empty, which would refuse every member (leave it out for the default)",
+                self.name
+            )));
+        }
+        list.iter()
+            .map(|n| {
+                n.parse::<Cidr>()
+                    .map_err(|e| ConfigError(format!("pool {:?}: accept_networks: {e}", self.name)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 }
 
@@ -341,17 +388,34 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Client connections at once (beyond: not accepted until one closes).
+    /// Client connections at once (beyond: not accepted until one closes). It follows
+    /// `RLIMIT_NOFILE`: at start the soft limit is raised towards the hard one as far as this
+    /// needs, and the cap in force is the smaller of this and what the descriptors allow —
+    /// (soft limit − 256 kept for listeners, health checks and files) / 2, as each proxied
+    /// connection holds a client and a server socket. Both figures are logged at start;
+    /// `show info` reports the cap in force as `Maxconn`.
     pub max_connections: usize,
     /// Largest request head, in bytes (431 beyond).
     pub max_header_bytes: usize,
     /// Largest request body, in bytes (413 beyond).
     pub max_body_bytes: u64,
+    /// Connections to the stats listener at once (beyond: not accepted until one closes). Its
+    /// connections also get `timeouts.request_headers` for a head and `timeouts.keepalive`
+    /// between requests.
+    pub max_stats_connections: usize,
+    /// Runtime API connections at once, unix socket and TCP together.
+    pub max_admin_connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 65_536, max_header_bytes: 16 * 1024, max_body_bytes: 64 * 1024 * 1024 }
+        Limits {
+            max_connections: 65_536,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_stats_connections: 64,
+            max_admin_connections: 16,
+        }
     }
 }
 
@@ -484,9 +548,17 @@ impl BalancerConfig {
                 }
             }
             if let Some(c) = &p.sticky_cookie
-                && (c.is_empty() || c.contains([';', '=', ' ', ',']))
+                && (c.is_empty()
+                    || !c.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)))
             {
                 return err(format!("pool {:?}: invalid sticky cookie name {c:?}", p.name));
+            }
+            p.accepted_networks()?;
+            if !(1..=crate::pool::MAX_WEIGHT).contains(&p.max_weight) {
+                return err(format!("pool {:?}: max_weight must be 1-{}", p.name, crate::pool::MAX_WEIGHT));
+            }
+            if !(p.max_share > 0.0 && p.max_share <= 1.0) {
+                return err(format!("pool {:?}: max_share must be above 0 and at most 1", p.name));
             }
         }
         let mut addrs = HashSet::new();
@@ -531,6 +603,11 @@ impl BalancerConfig {
         }
         if self.limits.max_connections == 0 {
             return err("limits.max_connections must be at least 1".into());
+        }
+        if self.limits.max_stats_connections == 0 || self.limits.max_admin_connections == 0 {
+            return err(
+                "limits.max_stats_connections and limits.max_admin_connections must be at least 1".into()
+            );
         }
         Ok(())
     }
@@ -623,6 +700,40 @@ mod tests {
         for (text, why) in cases {
             let e = BalancerConfig::from_toml(&text).unwrap_err();
             assert!(e.0.contains(why), "{why}: got {e}");
+        }
+    }
+
+    #[test]
+    fn admission_and_weight_caps_are_checked_per_pool() {
+        let c = BalancerConfig::from_toml(&FULL.replace(
+            "port = 8080",
+            "port = 8080\naccept_networks = [\"10.0.0.0/8\", \"fd00::/8\"]\nmax_weight = 100\nmax_share = 0.25",
+        ))
+        .unwrap();
+        let api = &c.pools[1];
+        assert_eq!(api.accepted_networks().unwrap().unwrap().len(), 2);
+        assert_eq!((api.max_weight, api.max_share), (100, 0.25));
+        assert_eq!(
+            (c.pools[0].max_weight, c.pools[0].max_share, c.pools[0].accept_networks.as_ref()),
+            (256, 0.5, None)
+        );
+        let cases = [
+            (
+                "accept_networks = [\"10.0.0.1/8\"]",
+                "pool \"api\": accept_networks: \"10.0.0.1/8\" has host bits set",
+            ),
+            ("accept_networks = [\"lan\"]", "pool \"api\": accept_networks: \"lan\" is not an IP network"),
+            ("accept_networks = []", "pool \"api\": accept_networks is empty"),
+            ("max_weight = 0", "pool \"api\": max_weight must be 1-256"),
+            ("max_weight = 257", "max_weight must be 1-256"),
+            ("max_share = 0.0", "pool \"api\": max_share must be above 0"),
+            ("max_share = 1.5", "max_share must be above 0 and at most 1"),
+            ("sticky_cookie = \"a\\r\\nb\"", "invalid sticky cookie name"),
+        ];
+        for (line, why) in cases {
+            let e = BalancerConfig::from_toml(&FULL.replace("port = 8080", &format!("port = 8080\n{line}")))
+                .unwrap_err();
+            assert!(e.0.contains(why), "{line}: got {e}");
         }
     }
 

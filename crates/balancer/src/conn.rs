@@ -37,6 +37,9 @@ pub struct ConnState {
     pub accepted: std::time::Instant,
     /// When the current request head started, in µs after `accepted`.
     head_started_us: AtomicU64,
+    /// The connection's task, parked on a read while a request was in progress: woken when it
+    /// ends, so that the keep-alive deadline is armed even if hyper does not read again first.
+    parked: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl Default for ConnState {
@@ -55,6 +58,7 @@ impl ConnState {
             timed_out: AtomicBool::new(false),
             accepted: std::time::Instant::now(),
             head_started_us: AtomicU64::new(0),
+            parked: std::sync::Mutex::new(None),
         }
     }
 
@@ -78,6 +82,18 @@ impl ConnState {
     pub fn end(&self) {
         self.busy.fetch_sub(1, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
+        let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = parked {
+            w.wake();
+        }
+    }
+
+    /// Parks a read that has no deadline while a request is in progress.
+    fn park(&self, waker: &std::task::Waker) {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        if !parked.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *parked = Some(waker.clone());
+        }
     }
 }
 
@@ -252,6 +268,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 if busy || this.head_done {
+                    // hyper may not read again after the answer: have `end` wake it, and look
+                    // again at once if the request ended meanwhile.
+                    this.state.park(cx.waker());
+                    if this.state.served.load(Ordering::Relaxed) != served {
+                        cx.waker().wake_by_ref();
+                    }
                     return Poll::Pending;
                 }
                 let deadline = match this.head_started {
@@ -356,6 +378,46 @@ mod tests {
         let mut got = vec![0u8; RESPONSE_408.len()];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, RESPONSE_408);
+    }
+
+    /// hyper reads once more after a head, before its service runs, then not again after a
+    /// quick answer: the keep-alive deadline must be armed all the same.
+    #[tokio::test]
+    async fn an_idle_connection_after_a_quick_answer_is_closed() {
+        use hyper::service::service_fn;
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = Arc::new(ConnState::default());
+        let io = GuardedIo::new(server, state.clone(), timeouts(), false);
+        let st = state.clone();
+        let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+            let st = st.clone();
+            async move {
+                st.begin();
+                st.end();
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"OK\n"),
+                )))
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc),
+        );
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].ends_with(b"OK\n"));
+        let idle = std::time::Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut buf))
+            .await
+            .expect("closed")
+            .unwrap();
+        assert_eq!(n, 0, "closed without a word");
+        assert!(
+            idle.elapsed() < Duration::from_secs(2),
+            "after the keep-alive timeout: {:?}",
+            idle.elapsed()
+        );
     }
 
     #[tokio::test]

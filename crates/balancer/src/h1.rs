@@ -27,9 +27,11 @@ use tokio::time::Instant;
 
 use crate::access_log::Record;
 use crate::conn::{IoTimeouts, LazyTimer, RESPONSE_408};
+use crate::escape::Esc;
 use crate::pool::{KeySource, Pool, Server, hash_key};
-use crate::proxy::{ConnCtx, Frontend, cookie_in, cookies_without, is_hop_by_hop, is_idempotent, route_host};
+use crate::proxy::{ConnCtx, Frontend, is_hop_by_hop, is_idempotent, route_host};
 use crate::retry::{AttemptError, Attempts, Failure, Next};
+use crate::sticky::{cookie_in, cookies_without};
 use crate::upstream::{RawConn, Timing, dial};
 
 /// Headers parsed per message; a request with more goes to the general path.
@@ -417,14 +419,13 @@ async fn forward<S: ClientIo>(io: &mut S, fe: &Frontend, req: &Request, close: b
             return answer_locally(io, f, head_only, close, fe.timeouts.client).await.after(&tries);
         };
         server.stats.bytes_in.fetch_add(req.upstream.len() as u64, Ordering::Relaxed);
-        let set_cookie = req
-            .pool
-            .cfg
-            .sticky_cookie
-            .as_deref()
-            .filter(|_| req.sticky_target.as_deref() != Some(&*server.name))
-            .map(|c| format!("{c}={}; Path=/", server.name));
-        let extras = Extras { head_only, set_cookie: set_cookie.as_deref(), close };
+        // Made when the server joined the pool: the token, never the member's name.
+        let set_cookie = server
+            .set_cookie
+            .as_ref()
+            .filter(|_| req.sticky_target.as_deref() != Some(&*server.cookie))
+            .map(http::HeaderValue::as_bytes);
+        let extras = Extras { head_only, set_cookie, close };
         let why = match exchange(io, &server, req, idempotent, &fe.timeouts, extras).await {
             Ok(answer) => {
                 if tries.answered(&server, answer.head.status) {
@@ -434,7 +435,7 @@ async fn forward<S: ClientIo>(io: &mut S, fe: &Frontend, req: &Request, close: b
             }
             Err(why) => why,
         };
-        tracing::debug!(server = %server.name, ?why, "upstream attempt failed");
+        tracing::debug!(server = %Esc(&server.name), ?why, "upstream attempt failed");
         match tries.failed(server, why) {
             Next::Resend | Next::Elsewhere => {}
             Next::Fail(f) => {
@@ -483,7 +484,8 @@ fn local_answer(status: StatusCode, text: &str, head_only: bool, close: bool) ->
 #[derive(Clone, Copy)]
 struct Extras<'a> {
     head_only: bool,
-    set_cookie: Option<&'a str>,
+    /// The `Set-Cookie` value sticking the client to the server that answers.
+    set_cookie: Option<&'a [u8]>,
     close: bool,
 }
 
@@ -826,7 +828,7 @@ fn parse_response(buf: &[u8], extras: Extras<'_>) -> Result<Option<ResponseHead>
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if let Some(cookie) = sticky {
-        push_header(&mut out, b"set-cookie", cookie.as_bytes());
+        push_header(&mut out, b"set-cookie", cookie);
         out.extend_from_slice(b"cache-control: private\r\n");
     }
     if close_client {
@@ -984,7 +986,7 @@ mod tests {
     fn the_client_head_loses_hop_by_hop_headers_and_gains_the_sticky_cookie() {
         let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\n\
                     X-Internal: secret\r\nCache-Control: public\r\nX-App: Kept\r\nContent-Length: 0\r\n\r\n";
-        let sticky = Extras { set_cookie: Some("SERVERID=web-1; Path=/"), ..PLAIN };
+        let sticky = Extras { set_cookie: Some(b"SERVERID=web-1; Path=/"), ..PLAIN };
         let text = String::from_utf8(head(raw, sticky).client_head).unwrap();
         assert_eq!(
             text,

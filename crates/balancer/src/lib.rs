@@ -54,6 +54,7 @@ pub use h1::ClientIo;
 pub use health::check_once;
 
 use crate::conn::{GuardedIo, IoTimeouts};
+use crate::escape::Esc;
 use crate::pool::{Change, Pool};
 use crate::proxy::{ConnCtx, Frontend, FrontendStats, RouteRule};
 
@@ -111,6 +112,8 @@ struct Inner {
     changed: Arc<Notify>,
     members: watch::Receiver<Arc<Membership>>,
     conns: Arc<Semaphore>,
+    /// The connection cap in force: `limits.max_connections` as the descriptors allow.
+    max_conns: usize,
     open_conns: Arc<AtomicUsize>,
     drained: Arc<Notify>,
     shutdown: watch::Sender<bool>,
@@ -125,6 +128,7 @@ struct Inner {
     agent: std::sync::OnceLock<shoal_agent::AgentHandle>,
     admin_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     admin_socket: std::sync::Mutex<Option<std::path::PathBuf>>,
+    admin_addr: std::sync::Mutex<Option<SocketAddr>>,
 }
 
 /// The pools by name, swapped as a whole on reload.
@@ -149,6 +153,7 @@ impl Balancer {
         members: watch::Receiver<Arc<Membership>>,
     ) -> Result<Balancer, BalancerError> {
         cfg.validate()?;
+        let max_conns = limits::connection_cap(cfg.limits.max_connections);
         let inner = Arc::new(Inner {
             cfg: std::sync::Mutex::new(cfg.clone()),
             pools: ArcSwap::from_pointee(BTreeMap::new()),
@@ -156,7 +161,8 @@ impl Balancer {
             frontend_stats: std::sync::Mutex::new(HashMap::new()),
             changed: Arc::new(Notify::new()),
             members,
-            conns: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+            conns: Arc::new(Semaphore::new(max_conns)),
+            max_conns,
             open_conns: Arc::new(AtomicUsize::new(0)),
             drained: Arc::new(Notify::new()),
             shutdown: watch::channel(false).0,
@@ -170,6 +176,7 @@ impl Balancer {
             agent: std::sync::OnceLock::new(),
             admin_tasks: std::sync::Mutex::new(Vec::new()),
             admin_socket: std::sync::Mutex::new(None),
+            admin_addr: std::sync::Mutex::new(None),
         });
         let b = Balancer { inner };
         b.apply(cfg.clone(), true).await?;
@@ -182,7 +189,16 @@ impl Balancer {
             let task = tokio::spawn(stats::serve(listener, b.clone()));
             *b.inner.stats_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
-        b.start_admin(&cfg.admin).await?;
+        b.start_admin(&cfg.admin, cfg.limits.max_admin_connections).await?;
+        // Every listener is bound now: no pool may route to one of them.
+        {
+            let listeners = b.inner.listeners.lock().await;
+            let own = b.own_addrs(&listeners);
+            let host = admission::HostNets::read();
+            for pool in b.inner.pools.load().values() {
+                pool.set_admission(&host, &own);
+            }
+        }
         let controller = tokio::spawn(b.clone().control());
         *b.inner.controller.lock().unwrap_or_else(|e| e.into_inner()) = Some(controller);
         Ok(b)
@@ -200,14 +216,20 @@ impl Balancer {
 
     /// Opens the runtime API: the unix socket (a failure only warns: the balancer still
     /// serves) and the TCP listener (a failure is an error, like any listener).
-    async fn start_admin(&self, admin: &config::AdminConfig) -> Result<(), BalancerError> {
+    async fn start_admin(&self, admin: &config::AdminConfig, max_conns: usize) -> Result<(), BalancerError> {
         let mut tasks = Vec::new();
+        // One cap for both: the unix socket and TCP serve the same sessions.
+        let permits = Arc::new(Semaphore::new(max_conns));
         if let Some(path) = &admin.socket {
             match crate::admin::bind_unix(path) {
                 Ok(listener) => {
                     tracing::info!(socket = %path.display(), "runtime API listening");
                     *self.inner.admin_socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
-                    tasks.push(tokio::spawn(crate::admin::serve_unix(listener, self.clone())));
+                    tasks.push(tokio::spawn(crate::admin::serve_unix(
+                        listener,
+                        self.clone(),
+                        permits.clone(),
+                    )));
                 }
                 Err(e) => {
                     tracing::warn!(socket = %path.display(), error = %e, "runtime API socket not opened")
@@ -219,7 +241,13 @@ impl Balancer {
                 TcpListener::bind(addr).await.map_err(|source| BalancerError::Bind { addr, source })?;
             let bound = listener.local_addr().map_or(addr, |a| a);
             tracing::info!(addr = %bound, token = admin.token.is_some(), "runtime API listening on TCP");
-            tasks.push(tokio::spawn(crate::admin::serve_tcp(listener, self.clone(), admin.token.clone())));
+            *self.inner.admin_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+            tasks.push(tokio::spawn(crate::admin::serve_tcp(
+                listener,
+                self.clone(),
+                admin.token.clone(),
+                permits,
+            )));
         }
         *self.inner.admin_tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(())
@@ -249,9 +277,18 @@ impl Balancer {
         self.inner.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The connection limit in force (without cloning the whole configuration).
+    /// The connection cap in force: `limits.max_connections`, or less when the descriptor
+    /// limit (`RLIMIT_NOFILE`) allows fewer.
     pub fn max_connections(&self) -> usize {
-        self.inner.cfg.lock().unwrap_or_else(|e| e.into_inner()).limits.max_connections
+        self.inner.max_conns
+    }
+
+    /// Every address the balancer listens on: frontends, stats, the runtime API on TCP.
+    fn own_addrs(&self, listeners: &HashMap<SocketAddr, Listener>) -> Vec<SocketAddr> {
+        let mut own: Vec<SocketAddr> = listeners.values().map(|l| l.bound).collect();
+        own.extend(*self.inner.stats_addr.lock().unwrap_or_else(|e| e.into_inner()));
+        own.extend(*self.inner.admin_addr.lock().unwrap_or_else(|e| e.into_inner()));
+        own
     }
 
     /// The access log, when one is on.
@@ -330,7 +367,13 @@ impl Balancer {
                 }
             }
         }
+        // Before the pools are swapped in, so that no sync ever routes to a listener of ours.
+        let own = self.own_addrs(&listeners);
         drop(listeners);
+        let host = admission::HostNets::read();
+        for pool in pools.values() {
+            pool.set_admission(&host, &own);
+        }
         let removed: Vec<Arc<Pool>> = old_pools
             .iter()
             .filter(|(n, p)| pools.get(*n).is_none_or(|q| !Arc::ptr_eq(p, q)))
@@ -422,6 +465,11 @@ impl Balancer {
     /// The stats listener's bound address.
     pub fn stats_addr(&self) -> Option<SocketAddr> {
         *self.inner.stats_addr.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The runtime API's TCP address, when it listens on TCP.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.inner.admin_addr.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Client connections open now.
@@ -520,7 +568,7 @@ impl Balancer {
         let mut checkers = self.inner.checkers.lock().unwrap_or_else(|e| e.into_inner());
         match change {
             Change::Added(s) => {
-                tracing::info!(target: "shoal::server", pool = %name, server = %s.name, addr = %s.addr, "server added");
+                tracing::info!(target: "shoal::server", pool = %name, server = %Esc(&s.name), addr = %s.addr, "server added");
                 if pool.cfg.health.enabled {
                     let task = tokio::spawn(health::check_loop(
                         s.clone(),
@@ -534,14 +582,14 @@ impl Balancer {
                 }
             }
             Change::Removed(s, why) => {
-                tracing::info!(target: "shoal::server", pool = %name, server = %s.name, addr = %s.addr, why, "server removed");
+                tracing::info!(target: "shoal::server", pool = %name, server = %Esc(&s.name), addr = %s.addr, why, "server removed");
                 s.conns.clear();
                 if let Some(t) = checkers.remove(&(name.clone(), s.name.clone())) {
                     t.abort();
                 }
             }
             Change::Draining(s) => {
-                tracing::info!(target: "shoal::server", pool = %name, server = %s.name, addr = %s.addr, "server draining (member leaving)");
+                tracing::info!(target: "shoal::server", pool = %name, server = %Esc(&s.name), addr = %s.addr, "server draining (member leaving)");
             }
         }
     }

@@ -6,10 +6,15 @@
 //! server is eligible when gossip says it is alive (not leaving), its health
 //! checks pass (if any), no operator has drained it and passive outlier
 //! detection has not ejected it. The view carries what each algorithm needs,
-//! precomputed at rebuild: the smooth weighted round-robin sequence and the
-//! consistent-hash ring.
+//! precomputed at rebuild: the weighted round-robin order, the consistent-hash
+//! ring and the sticky cookie lookup.
+//!
+//! What a member claims is bounded here: its address must pass the pool's
+//! [`Admission`] policy (a refused member is logged once and counted), its
+//! `weight` tag is capped at `max_weight` and its share of the pool at
+//! `max_share`, and a rebuild costs O(servers) whatever weights are claimed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,15 +22,17 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use shoal_agent::Membership;
 use shoal_gossip::{Member, MemberStatus, Tags};
 
+use crate::admission::{Admission, HostNets};
 use crate::config::{Algorithm, PoolConfig};
+use crate::escape::Esc;
 use crate::upstream::ConnPool;
 
-/// Virtual nodes per unit of weight on the hash ring.
-const RING_POINTS_PER_WEIGHT: u32 = 64;
-/// Largest weight a `weight` tag may give (HAProxy's range).
+/// Largest weight a server may have (HAProxy's range): the ceiling of `max_weight` and of an
+/// operator's `set server weight`.
 pub const MAX_WEIGHT: u32 = 256;
 
 /// Result of active health checks.
@@ -216,8 +223,17 @@ pub struct Server {
     pub tags: ArcSwap<Tags>,
     /// Where its service listens.
     pub addr: SocketAddr,
-    /// Weight from the `weight` tag (1 when absent).
+    /// Weight from the `weight` tag (1 when absent, at most the pool's `max_weight`), or the
+    /// operator's.
     pub weight: AtomicU32,
+    /// The weight is an operator's (`set server weight`): not capped by `max_share`.
+    pub(crate) operator_weight: AtomicBool,
+    /// The sticky cookie value that stands for this server ([`crate::sticky::token`]).
+    pub cookie: Box<str>,
+    /// The number behind `cookie`, also the seed of the server's hash-ring points.
+    pub(crate) cookie_value: u64,
+    /// `Set-Cookie` value sticking a client here (`NAME=TOKEN; Path=/`), when the pool sticks.
+    pub(crate) set_cookie: Option<HeaderValue>,
     /// Gossip status (as [`MemberStatus`] code).
     member: AtomicU8,
     health: AtomicU8,
@@ -261,14 +277,30 @@ fn status_code(s: MemberStatus) -> u8 {
 }
 
 impl Server {
-    fn new(name: Arc<str>, addr: SocketAddr, weight: u32, checked: bool, epoch: Instant) -> Server {
+    fn new(
+        name: Arc<str>,
+        addr: SocketAddr,
+        weight: u32,
+        checked: bool,
+        epoch: Instant,
+        sticky_cookie: Option<&str>,
+    ) -> Server {
         let now = Instant::now();
+        let cookie_value = crate::sticky::token_value(&name);
+        let cookie = crate::sticky::token(&name);
+        // Both parts are header-safe: a validated cookie name and hex digits.
+        let set_cookie =
+            sticky_cookie.and_then(|c| HeaderValue::from_str(&format!("{c}={cookie}; Path=/")).ok());
         Server {
             name,
             id: 0,
             tags: ArcSwap::from_pointee(Tags::new()),
             addr,
             weight: AtomicU32::new(weight),
+            operator_weight: AtomicBool::new(false),
+            cookie: cookie.into_boxed_str(),
+            cookie_value,
+            set_cookie,
             member: AtomicU8::new(0),
             health: AtomicU8::new(if checked { Health::Unknown } else { Health::Up } as u8),
             admin: AtomicU8::new(Admin::Ready as u8),
@@ -436,7 +468,7 @@ impl Server {
         self.ejected_until.store(self.ms(now + backoff), Ordering::Relaxed);
         self.consecutive_connect_failures.store(0, Ordering::Relaxed);
         self.consecutive_5xx.store(0, Ordering::Relaxed);
-        tracing::warn!(target: "shoal::server", server = %self.name, addr = %self.addr, ?backoff, "server ejected after failures");
+        tracing::warn!(target: "shoal::server", server = %Esc(&self.name), addr = %self.addr, ?backoff, "server ejected after failures");
         true
     }
 
@@ -468,8 +500,12 @@ impl Server {
 pub struct View {
     /// Eligible servers, sorted by name.
     pub servers: Vec<Arc<Server>>,
-    rr: Vec<u32>,
+    /// The weight each server gets in this view (slow start and `max_share` applied).
+    pub weights: Vec<u32>,
+    rotation: Rotation,
     ring: Vec<(u64, u32)>,
+    /// Cookie token value → server, sorted; a token two servers share is left out.
+    cookies: Vec<(u64, u32)>,
     next: AtomicUsize,
 }
 
@@ -479,67 +515,208 @@ fn hash_of(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// nginx's smooth weighted round-robin, unrolled into one period of picks.
-///
-/// Weights are divided by their greatest common divisor first (the period only gets shorter),
-/// and equal weights, the common case, give the plain rotation without the O(period × n) walk.
-fn smooth_sequence(weights: &[u32]) -> Vec<u32> {
-    let gcd = weights.iter().fold(0u32, |g, &w| {
-        let (mut a, mut b) = (g, w);
-        while b != 0 {
-            (a, b) = (b, a % b);
-        }
-        a
-    });
-    if gcd == 0 {
-        return Vec::new();
-    }
-    if weights.iter().all(|&w| w == weights[0]) {
-        return (0..weights.len() as u32).collect();
-    }
-    let weights: Vec<u32> = weights.iter().map(|&w| w / gcd).collect();
-    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut seq = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, &w) in weights.iter().enumerate() {
-            current[i] += i64::from(w);
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total as i64;
-        seq.push(best as u32);
-    }
-    seq
+/// splitmix64's finaliser: a well-mixed point from a counter.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
+fn gcd(a: u64, b: u64) -> u64 {
+    let (mut a, mut b) = (a, b);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The weighted round-robin order: one period of `total` picks in which each server has as
+/// many as its weight, spread evenly.
+///
+/// Pick `i` is the server whose share of `0..total` holds `i × step mod total`, `step` being
+/// the integer nearest `total / φ` that is prime to `total`: a permutation of the period (the
+/// proportions are exact) whose picks fall like a golden-ratio sequence, so each server's turns
+/// are spread across the period rather than bunched. Building it costs O(servers), whatever
+/// weights are claimed; short periods are unrolled into a table so a pick is one lookup, long
+/// ones pick by a binary search over the servers' shares.
+#[derive(Debug, Default)]
+enum Rotation {
+    /// No server has weight.
+    #[default]
+    Empty,
+    /// Equal weights: the plain rotation over this many servers.
+    Plain(usize),
+    /// One period, unrolled.
+    Table(Vec<u32>),
+    /// Cumulative weights (end of each server's share) and the step.
+    Spread { ends: Vec<u64>, step: u64 },
+}
+
+/// Periods up to this long are unrolled into a table.
+const ROTATION_TABLE_MAX: u64 = 4096;
+
+impl Rotation {
+    fn build(weights: &[u32]) -> Rotation {
+        let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w)));
+        if g == 0 {
+            return Rotation::Empty;
+        }
+        if weights.iter().all(|&w| w == weights[0]) {
+            return Rotation::Plain(weights.len());
+        }
+        let mut ends = Vec::with_capacity(weights.len());
+        let mut total = 0u64;
+        for &w in weights {
+            total += u64::from(w) / g;
+            ends.push(total);
+        }
+        let mut step = ((total as f64) / 1.618_033_988_749_895).round().max(1.0) as u64;
+        while gcd(step, total) != 1 {
+            step += 1;
+        }
+        let spread = Rotation::Spread { ends, step };
+        if total > ROTATION_TABLE_MAX {
+            return spread;
+        }
+        Rotation::Table((0..total as usize).map(|i| spread.server(i) as u32).collect())
+    }
+
+    /// The length of one period.
+    fn period(&self) -> usize {
+        match self {
+            Rotation::Empty => 0,
+            Rotation::Plain(n) => *n,
+            Rotation::Table(t) => t.len(),
+            Rotation::Spread { ends, .. } => ends.last().map_or(0, |&t| t as usize),
+        }
+    }
+
+    /// The server (index) of pick `i`.
+    fn server(&self, i: usize) -> usize {
+        match self {
+            Rotation::Empty => 0,
+            Rotation::Plain(n) => i % n,
+            Rotation::Table(t) => t[i % t.len()] as usize,
+            Rotation::Spread { ends, step } => {
+                let total = ends.last().copied().unwrap_or(1);
+                let x = ((i as u128 % u128::from(total)) * u128::from(*step) % u128::from(total)) as u64;
+                ends.partition_point(|&end| end <= x)
+            }
+        }
+    }
+}
+
+/// Brings weights down so that none of those not `fixed` exceeds `share` of their total (while
+/// two servers or more have weight): the largest cap `c` with `c ≤ share × Σ min(wᵢ, c)`.
+/// When no cap can do it (fewer servers than `1 / share`), the capped weights are made equal.
+fn cap_shares(weights: &mut [u32], fixed: &[bool], share: f64) {
+    if share >= 1.0 || weights.iter().filter(|&&w| w > 0).count() < 2 {
+        return;
+    }
+    let fixed_sum: u64 = weights.iter().zip(fixed).filter(|(_, f)| **f).map(|(&w, _)| u64::from(w)).sum();
+    let mut free: Vec<u32> = weights.iter().zip(fixed).filter(|(_, f)| !**f).map(|(&w, _)| w).collect();
+    if free.is_empty() {
+        return;
+    }
+    free.sort_unstable_by(|a, b| b.cmp(a));
+    // With the k heaviest capped at c, the rest keep their weights (summing to `rest`):
+    // c = share × (k·c + rest), so c = share × rest / (1 − k·share).
+    let mut rest: u64 = fixed_sum + free.iter().map(|&w| u64::from(w)).sum::<u64>();
+    let mut cap = None;
+    for k in 0..=free.len() {
+        let room = 1.0 - k as f64 * share;
+        if room <= 0.0 {
+            // k servers at the same weight can each have at most 1/k ≤ share.
+            cap = Some(free[k - 1]);
+            break;
+        }
+        let c = (share * rest as f64 / room).floor();
+        match free.get(k) {
+            Some(&w) if f64::from(w) <= c => {
+                if k > 0 {
+                    cap = Some(c as u32);
+                }
+                break;
+            }
+            Some(&w) => rest -= u64::from(w),
+            // Every free weight capped: only fixed ones to share with.
+            None => cap = Some(if c >= 1.0 { c as u32 } else { free[free.len() - 1].max(1) }),
+        }
+    }
+    if let Some(cap) = cap {
+        for (w, _) in weights.iter_mut().zip(fixed).filter(|(_, f)| !**f) {
+            *w = (*w).min(cap);
+        }
+    }
+}
+
+/// Hash-ring points per unit of weight.
+const RING_POINTS_PER_WEIGHT: u64 = 64;
+/// Most points on a ring (beyond, each server gets its share of these, at least one).
+const RING_MAX_POINTS: u64 = 16 * 1024;
+
 impl View {
-    /// The view of `servers`; the consistent-hash ring (64 points per unit of weight, the
-    /// costly part with many servers) only when the pool's algorithm hashes.
-    fn build(mut servers: Vec<Arc<Server>>, now: Instant, slow_start: Duration, with_ring: bool) -> View {
+    /// The view of `servers`: each one's weight after slow start and the `max_share` cap, the
+    /// round-robin order, the cookie lookup, and the consistent-hash ring when the pool's
+    /// algorithm hashes. Its cost is bounded whatever weights members claim: the rotation is
+    /// O(servers) and the ring has at most [`RING_MAX_POINTS`] (+ one per server).
+    fn build(
+        mut servers: Vec<Arc<Server>>,
+        now: Instant,
+        slow_start: Duration,
+        with_ring: bool,
+        max_share: f64,
+    ) -> View {
         servers.sort_by(|a, b| a.name.cmp(&b.name));
-        let weights: Vec<u32> = servers.iter().map(|s| s.effective_weight(now, slow_start)).collect();
-        let rr = smooth_sequence(&weights);
+        let mut weights: Vec<u32> = servers.iter().map(|s| s.effective_weight(now, slow_start)).collect();
+        let fixed: Vec<bool> = servers.iter().map(|s| s.operator_weight.load(Ordering::Relaxed)).collect();
+        cap_shares(&mut weights, &fixed, max_share);
+        let rotation = Rotation::build(&weights);
+        let mut cookies: Vec<(u64, u32)> =
+            servers.iter().enumerate().map(|(i, s)| (s.cookie_value, i as u32)).collect();
+        cookies.sort_unstable();
+        let ambiguous: Vec<u64> = cookies.windows(2).filter(|w| w[0].0 == w[1].0).map(|w| w[0].0).collect();
+        if !ambiguous.is_empty() {
+            cookies.retain(|(v, _)| !ambiguous.contains(v));
+        }
         let mut ring = Vec::new();
         if with_ring {
-            ring.reserve(weights.iter().map(|&w| (w * RING_POINTS_PER_WEIGHT) as usize).sum());
+            let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w))).max(1);
+            let units: u64 = weights.iter().map(|&w| u64::from(w) / g).sum();
+            let per_unit = RING_POINTS_PER_WEIGHT.min(RING_MAX_POINTS / units.max(1));
+            let points = |w: u32| -> u64 {
+                let units_w = u64::from(w) / g;
+                if per_unit > 0 {
+                    units_w * per_unit
+                } else if w > 0 {
+                    // More units than points: each server its share of the points, at least one.
+                    (units_w * RING_MAX_POINTS / units).max(1)
+                } else {
+                    0
+                }
+            };
+            ring.reserve(weights.iter().map(|&w| points(w) as usize).sum());
             for (i, s) in servers.iter().enumerate() {
-                for p in 0..weights[i] * RING_POINTS_PER_WEIGHT {
-                    let mut h = std::hash::DefaultHasher::new();
-                    (s.name.as_bytes(), p).hash(&mut h);
-                    ring.push((h.finish(), i as u32));
+                for p in 0..points(weights[i]) {
+                    let point = mix(s.cookie_value.wrapping_add(p.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+                    ring.push((point, i as u32));
                 }
             }
             ring.sort_unstable();
         }
-        View { servers, rr, ring, next: AtomicUsize::new(0) }
+        View { servers, weights, rotation, ring, cookies, next: AtomicUsize::new(0) }
     }
 
     /// The eligible server named `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Server>> {
         self.servers.binary_search_by(|s| (*s.name).cmp(name)).ok().map(|i| &self.servers[i])
+    }
+
+    /// The eligible server whose sticky cookie value is `value`.
+    pub fn by_cookie(&self, value: &str) -> Option<&Arc<Server>> {
+        let v = crate::sticky::parse_token(value)?;
+        let i = self.cookies.binary_search_by(|(c, _)| c.cmp(&v)).ok()?;
+        Some(&self.servers[self.cookies[i].1 as usize])
     }
 
     /// Picks a server with `algo`, skipping `exclude` and any server ejected since the last rebuild.
@@ -557,10 +734,10 @@ impl View {
         let ok = |s: &Arc<Server>| !s.is_ejected(now) && !exclude.iter().any(|e| Arc::ptr_eq(e, s));
         match algo {
             Algorithm::RoundRobin => {
-                let len = self.rr.len();
+                let len = self.rotation.period();
                 for _ in 0..len.min(n * MAX_WEIGHT as usize) {
-                    let i = self.next.fetch_add(1, Ordering::Relaxed) % len.max(1);
-                    let s = &self.servers[self.rr[i] as usize];
+                    let i = self.next.fetch_add(1, Ordering::Relaxed);
+                    let s = &self.servers[self.rotation.server(i)];
                     if ok(s) {
                         return Some(s.clone());
                     }
@@ -571,17 +748,22 @@ impl View {
                 // Fewest in flight per unit of weight; rotate the start so ties spread out.
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..n)
-                    .map(|k| &self.servers[(start + k) % n])
-                    .filter(|s| ok(s) && s.weight.load(Ordering::Relaxed) > 0)
-                    .min_by_key(|s| {
-                        u64::from(s.active.load(Ordering::Relaxed)) * u64::from(MAX_WEIGHT)
-                            / u64::from(s.weight.load(Ordering::Relaxed).max(1))
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| self.weights[i] > 0 && ok(&self.servers[i]))
+                    .min_by_key(|&i| {
+                        u64::from(self.servers[i].active.load(Ordering::Relaxed)) * u64::from(MAX_WEIGHT)
+                            / u64::from(self.weights[i])
                     })
-                    .cloned()
+                    .map(|i| self.servers[i].clone())
             }
             Algorithm::Random2 => {
-                let candidates: Vec<&Arc<Server>> =
-                    self.servers.iter().filter(|s| ok(s) && s.weight.load(Ordering::Relaxed) > 0).collect();
+                let candidates: Vec<&Arc<Server>> = self
+                    .servers
+                    .iter()
+                    .zip(&self.weights)
+                    .filter(|(s, w)| **w > 0 && ok(s))
+                    .map(|(s, _)| s)
+                    .collect();
                 match candidates.len() {
                     0 => None,
                     1 => Some(candidates[0].clone()),
@@ -661,6 +843,11 @@ pub struct Pool {
     view: ArcSwap<View>,
     epoch: Instant,
     changed: Arc<tokio::sync::Notify>,
+    admission: ArcSwap<Admission>,
+    /// Members refused at the last sync, with the address they were refused for.
+    refused: std::sync::Mutex<HashMap<Arc<str>, SocketAddr>>,
+    /// Members refused by the admission policy, counted once per member and address.
+    pub members_refused: AtomicU64,
 }
 
 /// What changed for a server, for the log.
@@ -686,7 +873,6 @@ impl Pool {
     pub fn new(cfg: PoolConfig, id: u32, changed: Arc<tokio::sync::Notify>) -> Pool {
         Pool {
             name: Arc::from(cfg.name.as_str()),
-            cfg,
             id,
             servers: Default::default(),
             overrides: Default::default(),
@@ -694,7 +880,25 @@ impl Pool {
             view: ArcSwap::from_pointee(View::default()),
             epoch: Instant::now(),
             changed,
+            admission: ArcSwap::from_pointee(admission_of(&cfg, &HostNets::read(), &[])),
+            refused: Default::default(),
+            members_refused: AtomicU64::new(0),
+            cfg,
         }
+    }
+
+    /// Sets the admission policy from the pool's `accept_networks`, the host's interfaces and
+    /// the balancer's own listeners; it applies from the next sync.
+    pub fn set_admission(&self, host: &HostNets, own: &[SocketAddr]) {
+        self.admission.store(Arc::new(admission_of(&self.cfg, host, own)));
+    }
+
+    /// Members refused by the admission policy at the last sync, with their addresses.
+    pub fn refused_members(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = refused.iter().map(|(n, a)| (n.clone(), *a)).collect();
+        v.sort();
+        v
     }
 
     /// Asks the controller to rebuild views soon (a server was ejected).
@@ -725,8 +929,11 @@ impl Pool {
             .and_then(|p| p.parse::<u16>().ok())
             .filter(|p| *p > 0)
             .unwrap_or(self.cfg.port);
-        let weight =
-            m.tags.get("weight").and_then(|w| w.parse::<u32>().ok()).map_or(1, |w| w.min(MAX_WEIGHT));
+        let weight = m
+            .tags
+            .get("weight")
+            .and_then(|w| w.parse::<u32>().ok())
+            .map_or(1, |w| w.min(self.cfg.max_weight));
         (SocketAddr::new(m.addr.ip(), port), weight)
     }
 
@@ -735,12 +942,25 @@ impl Pool {
         let mut changes = Vec::new();
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = std::collections::HashSet::new();
+        let admission = self.admission.load();
+        let loopback_ok = membership.local.addr.ip().to_canonical().is_loopback();
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut refused_now = HashMap::new();
         for m in membership.members.iter().filter(|m| self.selects(m)) {
             if matches!(m.status, MemberStatus::Left | MemberStatus::Failed) {
                 continue;
             }
-            seen.insert(m.name.clone());
             let (addr, weight) = self.target(m);
+            if let Err(why) = admission.check(addr, loopback_ok) {
+                // Logged and counted once per member and address, not at every sync.
+                if refused.get(&m.name) != Some(&addr) {
+                    self.members_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: "shoal::server", pool = %self.cfg.name, member = %Esc(&m.name), %addr, reason = %why, "member refused: not routed to");
+                }
+                refused_now.insert(m.name.clone(), addr);
+                continue;
+            }
+            seen.insert(m.name.clone());
             let existing = servers.get(&m.name).cloned();
             let server = match existing {
                 Some(s) if s.addr == addr => s,
@@ -749,8 +969,14 @@ impl Pool {
                         o.removed.store(true, Ordering::Relaxed);
                         changes.push(Change::Removed(o, "address changed"));
                     }
-                    let mut fresh =
-                        Server::new(m.name.clone(), addr, weight, self.cfg.health.enabled, self.epoch);
+                    let mut fresh = Server::new(
+                        m.name.clone(),
+                        addr,
+                        weight,
+                        self.cfg.health.enabled,
+                        self.epoch,
+                        self.cfg.sticky_cookie.as_deref(),
+                    );
                     fresh.id = self.next_server_id.fetch_add(1, Ordering::Relaxed);
                     if let Some(a) = self.override_of(&m.name).admin {
                         fresh.set_admin(a);
@@ -761,8 +987,9 @@ impl Pool {
                     s
                 }
             };
-            let weight = self.override_of(&m.name).weight.unwrap_or(weight);
-            server.weight.store(weight, Ordering::Relaxed);
+            let operator = self.override_of(&m.name).weight;
+            server.weight.store(operator.unwrap_or(weight), Ordering::Relaxed);
+            server.operator_weight.store(operator.is_some(), Ordering::Relaxed);
             if **server.tags.load() != *m.tags {
                 server.tags.store(m.tags.clone());
             }
@@ -783,11 +1010,14 @@ impl Pool {
                         s.failed_notify.notify_waiters();
                         "failed"
                     }
+                    _ if refused_now.contains_key(&name) => "refused by the admission policy",
                     _ => "no longer selected",
                 };
                 changes.push(Change::Removed(s, why));
             }
         }
+        *refused = refused_now;
+        drop(refused);
         drop(servers);
         self.rebuild(now);
         changes
@@ -809,7 +1039,8 @@ impl Pool {
         }
         let ramping = eligible.iter().any(|s| s.ramping(now, self.cfg.slow_start));
         let with_ring = self.cfg.algorithm.hashes();
-        self.view.store(Arc::new(View::build(eligible, now, self.cfg.slow_start, with_ring)));
+        let view = View::build(eligible, now, self.cfg.slow_start, with_ring, self.cfg.max_share);
+        self.view.store(Arc::new(view));
         ramping
     }
 
@@ -834,7 +1065,7 @@ impl Pool {
         }
         drop(overrides);
         server.set_admin(admin);
-        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %name, state = ?admin, "server state set by an operator");
+        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %Esc(name), state = ?admin, "server state set by an operator");
         self.rebuild(now);
         true
     }
@@ -850,10 +1081,20 @@ impl Pool {
             .or_default()
             .weight = Some(weight);
         server.weight.store(weight, Ordering::Relaxed);
-        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %name, weight, "server weight set by an operator");
+        server.operator_weight.store(true, Ordering::Relaxed);
+        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %Esc(name), weight, "server weight set by an operator");
         self.rebuild(now);
         true
     }
+}
+
+/// The admission policy of a pool configured as `cfg`.
+fn admission_of(cfg: &PoolConfig, host: &HostNets, own: &[SocketAddr]) -> Admission {
+    // A list that does not parse (validation refuses it first) accepts only what does.
+    let listed = cfg.accepted_networks().unwrap_or_else(|_| {
+        Some(cfg.accept_networks.iter().flatten().filter_map(|n| n.parse().ok()).collect())
+    });
+    Admission::new(listed.as_deref(), host, own)
 }
 
 /// A request head a hash key is read from.
@@ -872,7 +1113,7 @@ impl KeySource for http::request::Parts {
     }
 
     fn cookie(&self, name: &str) -> Option<&str> {
-        crate::proxy::cookie_value(&self.headers, name)
+        crate::sticky::cookie_value(&self.headers, name)
     }
 
     fn target(&self) -> Option<&[u8]> {
@@ -909,21 +1150,120 @@ mod tests {
     use super::*;
 
     fn server(name: &str, weight: u32) -> Arc<Server> {
-        let s = Server::new(Arc::from(name), "127.0.0.1:1".parse().unwrap(), weight, false, Instant::now());
+        let s =
+            Server::new(Arc::from(name), "127.0.0.1:1".parse().unwrap(), weight, false, Instant::now(), None);
         Arc::new(s)
     }
 
+    fn build(servers: Vec<Arc<Server>>, now: Instant) -> View {
+        View::build(servers, now, Duration::ZERO, true, 1.0)
+    }
+
+    /// One period of the rotation, as server indices.
+    fn period(weights: &[u32]) -> Vec<usize> {
+        let r = Rotation::build(weights);
+        (0..r.period()).map(|i| r.server(i)).collect()
+    }
+
     #[test]
-    fn smooth_round_robin_interleaves_by_weight() {
-        assert_eq!(smooth_sequence(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(smooth_sequence(&[1, 1]), vec![0, 1]);
-        assert!(smooth_sequence(&[0, 0]).is_empty());
+    fn weighted_round_robin_interleaves_by_weight() {
+        assert_eq!(period(&[5, 1, 1]), [0, 0, 0, 1, 0, 2, 0]);
+        assert_eq!(period(&[3, 1]), [0, 1, 0, 0]);
+        assert_eq!(period(&[1, 1]), [0, 1]);
+        assert!(period(&[0, 0]).is_empty());
+        assert_eq!(period(&[2, 0, 1]), [0, 2, 0], "no turn for a weight of 0");
+    }
+
+    #[test]
+    fn rotations_keep_exact_proportions_and_spread_turns() {
+        // Long periods pick by search instead of a table: the same order either way.
+        let weights: Vec<u32> = (0..40).map(|i| 200 + i).collect();
+        let total: u32 = weights.iter().sum();
+        assert!(u64::from(total) > ROTATION_TABLE_MAX);
+        let order = period(&weights);
+        assert_eq!(order.len(), total as usize);
+        for (i, &w) in weights.iter().enumerate() {
+            let turns: Vec<usize> =
+                order.iter().enumerate().filter(|(_, s)| **s == i).map(|(k, _)| k).collect();
+            assert_eq!(turns.len(), w as usize, "server {i}: exactly its weight per period");
+            let largest_gap = turns.windows(2).map(|t| t[1] - t[0]).max().unwrap();
+            assert!(
+                largest_gap < 3 * total as usize / w as usize,
+                "server {i}'s turns are spread: gap {largest_gap}"
+            );
+        }
+        // Short periods: a table, same proportions.
+        let order = period(&[7, 3, 2]);
+        assert_eq!(order.iter().filter(|&&s| s == 0).count(), 7);
+        assert_eq!(order.len(), 12);
+    }
+
+    #[test]
+    fn max_share_caps_the_greedy_and_spares_the_operators_choice() {
+        let capped = |w: &[u32], fixed: &[bool], share: f64| {
+            let mut w = w.to_vec();
+            cap_shares(&mut w, fixed, share);
+            w
+        };
+        assert_eq!(capped(&[256, 1], &[false; 2], 0.5), [1, 1]);
+        assert_eq!(capped(&[256, 1, 1], &[false; 3], 0.5), [2, 1, 1]);
+        assert_eq!(capped(&[256, 100, 1], &[false; 3], 0.5), [101, 100, 1]);
+        assert_eq!(capped(&[3, 1, 1, 1], &[false; 4], 0.5), [3, 1, 1, 1], "exactly half is allowed");
+        assert_eq!(capped(&[256, 1], &[false; 2], 1.0), [256, 1], "a share of 1 caps nothing");
+        assert_eq!(capped(&[256], &[false], 0.5), [256], "one server is all the pool");
+        assert_eq!(capped(&[256, 0], &[false; 2], 0.5), [256, 0], "nor is one with weight");
+        assert_eq!(capped(&[256, 7], &[true, false], 0.5), [256, 7], "an operator's weight stands");
+        assert_eq!(capped(&[256, 10, 1], &[false, true, false], 0.5), [11, 10, 1]);
+        assert_eq!(capped(&[9, 5], &[false; 2], 0.3), [5, 5], "an impossible share: equal weights");
+        // Whatever is claimed, no capped server takes more than the share.
+        for claims in
+            [vec![256, 256, 1, 1, 1], vec![256, 200, 150, 3], vec![100; 10], vec![256, 1, 1, 1, 1, 1, 1, 1]]
+        {
+            for share in [0.25, 0.5, 0.9] {
+                let w = capped(&claims, &vec![false; claims.len()], share);
+                let total: u32 = w.iter().sum();
+                if share * claims.len() as f64 >= 1.0 {
+                    assert!(
+                        w.iter().all(|&x| f64::from(x) <= share * f64::from(total) + 1e-9),
+                        "{claims:?} {share}: {w:?}"
+                    );
+                }
+                assert!(w.iter().all(|&x| x >= 1), "{w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_ring_is_bounded_whatever_is_claimed() {
+        let now = Instant::now();
+        let servers: Vec<Arc<Server>> =
+            (0..2000).map(|i| server(&format!("s{i:04}"), 256 - (i % 2))).collect();
+        let v = View::build(servers, now, Duration::ZERO, true, 0.5);
+        assert!(v.ring.len() as u64 <= RING_MAX_POINTS + 2000, "{} points", v.ring.len());
+        assert!(v.servers.iter().enumerate().all(|(i, _)| v.ring.iter().any(|(_, s)| *s as usize == i)));
+        assert!(matches!(v.rotation, Rotation::Spread { .. }));
+        assert_eq!(v.rotation.period(), 2000 * 256 - 1000);
+    }
+
+    #[test]
+    fn sticky_tokens_find_their_server_and_a_shared_token_finds_none() {
+        let now = Instant::now();
+        let (a, b) = (server("a", 1), server("b", 1));
+        let v = build(vec![a.clone(), b.clone()], now);
+        assert!(Arc::ptr_eq(v.by_cookie(&a.cookie).unwrap(), &a));
+        assert!(Arc::ptr_eq(v.by_cookie(&b.cookie).unwrap(), &b));
+        assert!(v.by_cookie("a").is_none(), "a name is not a token");
+        let twin = Server::new(Arc::from("twin"), "127.0.0.1:1".parse().unwrap(), 1, false, now, None);
+        let twin = Arc::new(Server { cookie_value: a.cookie_value, ..twin });
+        let v = build(vec![a.clone(), b.clone(), twin], now);
+        assert!(v.by_cookie(&a.cookie).is_none(), "ambiguous: the algorithm decides");
+        assert!(v.by_cookie(&b.cookie).is_some());
     }
 
     #[test]
     fn round_robin_skips_excluded() {
         let now = Instant::now();
-        let v = View::build(vec![server("a", 1), server("b", 1), server("c", 1)], now, Duration::ZERO, true);
+        let v = build(vec![server("a", 1), server("b", 1), server("c", 1)], now);
         let picks: Vec<String> = (0..6)
             .map(|_| v.pick(&Algorithm::RoundRobin, None, &[], now).unwrap().name.to_string())
             .collect();
@@ -938,25 +1278,18 @@ mod tests {
     }
 
     #[test]
-    fn smooth_sequences_keep_their_shape_after_the_shortcuts() {
+    fn rotations_keep_their_shape_after_the_shortcuts() {
         // Equal weights: the plain rotation; a common factor: the same interleaving.
-        assert_eq!(smooth_sequence(&[3, 3, 3]), [0, 1, 2]);
-        assert_eq!(smooth_sequence(&[10, 20]), smooth_sequence(&[1, 2]));
-        assert_eq!(smooth_sequence(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
-        assert!(smooth_sequence(&[0, 0]).is_empty());
+        assert_eq!(period(&[3, 3, 3]), [0, 1, 2]);
+        assert_eq!(period(&[10, 20]), period(&[1, 2]));
     }
 
     #[test]
     fn consistent_hash_moves_only_the_lost_servers_keys() {
         let now = Instant::now();
         let names = ["a", "b", "c", "d", "e"];
-        let full = View::build(names.iter().map(|n| server(n, 1)).collect(), now, Duration::ZERO, true);
-        let without_c = View::build(
-            names.iter().filter(|n| **n != "c").map(|n| server(n, 1)).collect(),
-            now,
-            Duration::ZERO,
-            true,
-        );
+        let full = build(names.iter().map(|n| server(n, 1)).collect(), now);
+        let without_c = build(names.iter().filter(|n| **n != "c").map(|n| server(n, 1)).collect(), now);
         let algo = Algorithm::Uri;
         let mut moved = 0;
         for i in 0..2000 {
@@ -974,7 +1307,7 @@ mod tests {
     #[test]
     fn least_conn_prefers_the_idle_server() {
         let now = Instant::now();
-        let v = View::build(vec![server("a", 1), server("b", 1)], now, Duration::ZERO, true);
+        let v = build(vec![server("a", 1), server("b", 1)], now);
         v.servers[0].active.store(5, Ordering::Relaxed);
         for _ in 0..4 {
             assert_eq!(&*v.pick(&Algorithm::LeastConn, None, &[], now).unwrap().name, "b");
@@ -984,7 +1317,7 @@ mod tests {
     #[test]
     fn random_of_two_spreads_load() {
         let now = Instant::now();
-        let v = View::build((0..4).map(|i| server(&format!("s{i}"), 1)).collect(), now, Duration::ZERO, true);
+        let v = build((0..4).map(|i| server(&format!("s{i}"), 1)).collect(), now);
         let mut counts = [0; 4];
         for _ in 0..4000 {
             let s = v.pick(&Algorithm::Random2, None, &[], now).unwrap();

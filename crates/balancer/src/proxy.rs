@@ -25,9 +25,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::access_log::{AccessLog, Record};
 use crate::config::Timeouts;
 use crate::conn::ConnState;
+use crate::escape::Esc;
 use crate::limits::{BodyReport, LimitedBody};
 use crate::pool::{Pool, Server, hash_key};
 use crate::retry::{AttemptError, Attempts, Failure, Next};
+use crate::sticky::cookies_without;
 use crate::upstream::{ProxyBody, Timing, UpstreamBody, UpstreamError, exchange};
 
 /// Bodies up to this size are buffered so idempotent requests can be retried.
@@ -283,32 +285,7 @@ impl Body for GuardedBody {
     }
 }
 
-/// The value of cookie `name` in the request's Cookie headers.
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    cookie_in(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()), name)
-}
-
-/// The value of cookie `name` among Cookie header values.
-pub(crate) fn cookie_in<'a>(values: impl IntoIterator<Item = &'a str>, name: &str) -> Option<&'a str> {
-    values
-        .into_iter()
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// The cookies of Cookie header values, all but `name` (the server never sees the balancer's).
-pub(crate) fn cookies_without<'a>(
-    values: impl IntoIterator<Item = &'a str>,
-    name: &str,
-) -> impl Iterator<Item = &'a str> {
-    values
-        .into_iter()
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(move |c| !c.is_empty() && c.split_once('=').is_none_or(|(k, _)| k != name))
-}
+pub use crate::sticky::cookie_value;
 
 /// Removes cookie `name` from the request (the server never sees the balancer's cookie).
 fn strip_cookie(headers: &mut HeaderMap, name: &str) {
@@ -468,8 +445,39 @@ pub async fn handle(req: Request<Incoming>, ctx: ConnCtx) -> Result<Response<Gua
         let resp = local(StatusCode::BAD_REQUEST, "Bad request: ambiguous message length\n", true);
         return Ok(guard(Forwarded::local(resp, None, b"PR"), &ctx, frontend, log));
     }
+    if let Some(why) = host_problem(&req, frontend.tls) {
+        frontend.stats.denied.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(client = %ctx.client, why, "request refused");
+        let resp = local(StatusCode::BAD_REQUEST, why, true);
+        return Ok(guard(Forwarded::local(resp, None, b"PR"), &ctx, frontend, log));
+    }
     let forwarded = forward(req, &ctx, &frontend).await;
     Ok(guard(forwarded, &ctx, frontend, log))
+}
+
+/// What is wrong with a request's Host, if anything, as the 400's text: more than one Host
+/// header (HAProxy refuses it), or a target's authority (absolute form, HTTP/2's `:authority`)
+/// that names another host than the Host header (RFC 9112 §3.2.2: the authority decides; a
+/// proxy that routed by Host would send the request where the client did not mean to).
+fn host_problem<B>(req: &Request<B>, tls: bool) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next()?;
+    if hosts.next().is_some() {
+        return Some("Bad request: more than one Host header\n");
+    }
+    let authority = req.uri().authority()?;
+    let Some(host) = host.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok()) else {
+        return Some("Bad request: invalid Host header\n");
+    };
+    let default_port = match req.uri().scheme_str() {
+        Some("https") => 443,
+        Some("http") => 80,
+        _ if tls => 443,
+        _ => 80,
+    };
+    let port = |a: &http::uri::Authority| a.port_u16().unwrap_or(default_port);
+    let same = authority.host().eq_ignore_ascii_case(host.host()) && port(authority) == port(&host);
+    (!same).then_some("Bad request: the target's authority and the Host header differ\n")
 }
 
 /// The size of a request's head on the wire (HTTP/1), for the `bin` counters.
@@ -626,7 +634,7 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx, fe: &Frontend) -> Forwar
             fe.stats.denied.fetch_add(1, Ordering::Relaxed);
             return fail(local(status, text, true), why);
         }
-        tracing::debug!(server = %server.name, error = %failure, "upstream attempt failed");
+        tracing::debug!(server = %Esc(&server.name), error = %failure, "upstream attempt failed");
         let why = match failure {
             UpstreamError::Unsent(req, _) => {
                 carried = Some(*req);
@@ -709,11 +717,11 @@ fn finish(
                     let mut c = hyper_util::rt::TokioIo::new(c);
                     let mut s = hyper_util::rt::TokioIo::new(s);
                     if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                        tracing::debug!(server = %name, error = %e, "upgraded connection ended");
+                        tracing::debug!(server = %Esc(&name), error = %e, "upgraded connection ended");
                     }
                 }
                 (c, s) => {
-                    tracing::debug!(server = %name, client = c.is_ok(), backend = s.is_ok(), "upgrade failed")
+                    tracing::debug!(server = %Esc(&name), client = c.is_ok(), backend = s.is_ok(), "upgrade failed")
                 }
             }
         });
@@ -725,11 +733,12 @@ fn finish(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    if let Some(cookie) = sticky
-        && sticky_was != Some(&server.name)
-        && let Ok(v) = HeaderValue::from_str(&format!("{cookie}={}; Path=/", server.name))
+    // The token made when the server joined the pool, never the member's name.
+    if sticky.is_some()
+        && sticky_was != Some(&*server.cookie)
+        && let Some(v) = &server.set_cookie
     {
-        parts.headers.append(header::SET_COOKIE, v);
+        parts.headers.append(header::SET_COOKIE, v.clone());
         parts.headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     }
     Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, server.clone(), Some(conn))))

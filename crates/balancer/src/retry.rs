@@ -106,11 +106,12 @@ pub struct Attempts<'p> {
 
 impl<'p> Attempts<'p> {
     /// Attempts for a request to `pool`; `retryable` says the request may be sent twice
-    /// (idempotent, and its body kept); `sticky` names the server its cookie points at.
+    /// (idempotent, and its body kept); `sticky` is its sticky cookie's value, the token of
+    /// the server it points at.
     pub fn new(pool: &'p Pool, view: &View, retryable: bool, sticky: Option<&str>) -> Attempts<'p> {
         let can_retry = retryable && pool.cfg.retries > 0 && view.servers.len() > 1;
         let sticky_server =
-            sticky.and_then(|n| view.by_name(n)).filter(|s| !s.is_ejected(Instant::now())).cloned();
+            sticky.and_then(|c| view.by_cookie(c)).filter(|s| !s.is_ejected(Instant::now())).cloned();
         Attempts {
             pool,
             can_retry,

@@ -237,10 +237,14 @@ async fn the_upstream_head_is_the_clients_minus_hop_by_hop_plus_forwarding() {
     h.set(vec![member("scripted", server, Alive, &[])]);
     h.wait_serving(1).await;
     let mut s = TcpStream::connect(h.front).await.unwrap();
+    let token = shoal_balancer::sticky::token("scripted");
     s.write_all(
-        b"GET /length?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: 7\r\nConnection: keep-alive\r\n\
-          Keep-Alive: timeout=9\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: gopher\r\n\
-          Cookie: a=1; SERVERID=scripted; b=2\r\nTE: trailers\r\n\r\n",
+        format!(
+            "GET /length?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: 7\r\nConnection: keep-alive\r\n\
+             Keep-Alive: timeout=9\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: gopher\r\n\
+             Cookie: a=1; SERVERID={token}; b=2\r\nTE: trailers\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();

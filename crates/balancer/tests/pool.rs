@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use shoal_balancer::PoolConfig;
 use shoal_balancer::pool::Admin;
+use shoal_balancer::sticky::token;
 use shoal_gossip::MemberStatus::{Alive, Failed, Leaving, Left};
 
 fn pool() -> PoolConfig {
@@ -181,7 +182,10 @@ async fn failing_health_checks_take_a_server_out() {
 
 #[tokio::test]
 async fn weights_shape_the_round_robin() {
-    let h = Harness::new(pool()).await;
+    // Weight tags alone decide (by default no member may take more than half of the pool).
+    let mut p = pool();
+    p.max_share = 1.0;
+    let h = Harness::new(p).await;
     let (a1, _t1) = webapp("heavy").await;
     let (a2, _t2) = webapp("light").await;
     h.set(vec![
@@ -212,7 +216,7 @@ async fn sticky_sessions_keep_a_client_on_its_server_until_it_is_gone() {
         .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
         .collect();
     let sticky = cookies.iter().find(|c| c.starts_with("SERVERID=")).expect("sticky cookie").clone();
-    assert_eq!(sticky, format!("SERVERID={first}"));
+    assert_eq!(sticky, format!("SERVERID={}", token(&first)), "the server's token, not its name");
     let session = cookies.iter().find(|c| c.starts_with("NODESESSID=")).expect("app cookie").clone();
     let jar = format!("{sticky}; {session}");
     for views in 2..=5 {
@@ -232,7 +236,7 @@ async fn sticky_sessions_keep_a_client_on_its_server_until_it_is_gone() {
     let restuck = headers
         .get_all("set-cookie")
         .iter()
-        .any(|v| v.to_str().unwrap().starts_with(&format!("SERVERID={other}")));
+        .any(|v| v.to_str().unwrap().starts_with(&format!("SERVERID={}", token(other))));
     assert!(restuck, "re-stuck to {other}: {headers:?}");
     let srv = h.balancer.pools()["backend"].server(other).unwrap();
     assert_eq!(srv.stats.redispatches.load(std::sync::atomic::Ordering::Relaxed), 1);

@@ -24,8 +24,9 @@ td.l,th.l{text-align:left}tr.total td{background:#eef;font-weight:600}
 .tags{color:#555;text-align:left;font-size:12px}
 ";
 
-/// Escapes text for HTML.
+/// Escapes text for HTML (control characters too, as [`crate::escape::control`] shows them).
 fn esc(s: &str) -> String {
+    let s = crate::escape::control(s);
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -357,6 +358,7 @@ mod tests {
     #[test]
     fn escaping_and_units() {
         assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(esc("a\r\n<b>"), "a\\r\\n&lt;b&gt;");
         assert_eq!(ago("59"), "59s");
         assert_eq!(ago("61"), "1m1s");
         assert_eq!(ago("3700"), "1h1m");

@@ -4,12 +4,20 @@
 //!
 //! With `stats_auth` or `stats_token` set, everything but `/;up` needs Basic
 //! or Bearer credentials; `POST /;cmd` always needs the admin token.
+//!
+//! The listener is bounded like a frontend: `limits.max_stats_connections`
+//! connections at once, a request head must arrive within
+//! `timeouts.request_headers` (408 and close otherwise), an idle connection is
+//! closed after `timeouts.keepalive`, and a `/;cmd` body must arrive within
+//! `timeouts.client`.
 
 mod html;
 mod prom;
 pub mod rows;
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -20,8 +28,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::Balancer;
+use crate::conn::{ConnState, GuardedIo, IoTimeouts};
 use rows::Snapshot;
 
 /// Compares two secrets in time independent of where they differ.
@@ -100,9 +110,13 @@ async fn handle(req: Request<Incoming>, b: Balancer) -> Result<Response<Full<Byt
         if !bearer_is(&req, token) {
             return Ok(reply(StatusCode::FORBIDDEN, TEXT, "403 Forbidden: wrong or missing admin token\n"));
         }
-        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(_) => return Ok(reply(StatusCode::PAYLOAD_TOO_LARGE, TEXT, "command too large\n")),
+        let body = Limited::new(req.into_body(), crate::admin::MAX_LINE).collect();
+        let body = match tokio::time::timeout(cfg.timeouts.client, body).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(_)) => return Ok(reply(StatusCode::PAYLOAD_TOO_LARGE, TEXT, "command too large\n")),
+            Err(_) => {
+                return Ok(reply(StatusCode::REQUEST_TIMEOUT, TEXT, "the command did not arrive in time\n"));
+            }
         };
         let Ok(line) = std::str::from_utf8(&body) else {
             return Ok(reply(StatusCode::BAD_REQUEST, TEXT, "the command is not UTF-8\n"));
@@ -134,15 +148,39 @@ async fn handle(req: Request<Incoming>, b: Balancer) -> Result<Response<Full<Byt
     Ok(r)
 }
 
-/// Serves stats until the task is dropped.
+/// Serves stats until the task is dropped: at most `limits.max_stats_connections` at once
+/// (beyond, connections wait to be accepted), each with the frontends' head and idle timeouts.
 pub async fn serve(listener: TcpListener, b: Balancer) {
+    let permits = Arc::new(Semaphore::new(b.config().limits.max_stats_connections));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "stats accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let t = b.config().timeouts;
+        let timeouts =
+            IoTimeouts { request_headers: t.request_headers, keepalive: t.keepalive, client: t.client };
+        let state = Arc::new(ConnState::new());
+        let io = GuardedIo::new(stream, state.clone(), timeouts, false);
         let b = b.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, b.clone()));
-            let _ =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let svc = service_fn(move |req| {
+                let (b, state) = (b.clone(), state.clone());
+                async move {
+                    // Busy while handled: the head and idle deadlines apply only between requests.
+                    state.begin();
+                    let resp = handle(req, b).await;
+                    state.end();
+                    resp
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+            drop(permit);
         });
     }
 }

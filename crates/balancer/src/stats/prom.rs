@@ -1,6 +1,10 @@
 //! `/metrics`: the balancer, its pools and the gossip agent in Prometheus'
 //! (OpenMetrics) text format, encoded by `prometheus-client` from a snapshot
 //! taken at scrape time.
+//!
+//! `prometheus-client` escapes `\`, `"` and `\n` in label values, not `\r` or
+//! other control characters: member names are passed through
+//! [`crate::escape::control`] first, so a label value is always one clean line.
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +34,7 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug)]
 struct Scrape {
     servers: Vec<(Arc<Pool>, Arc<Server>, &'static str)>,
+    pools: Vec<Arc<Pool>>,
     frontends: Vec<(String, Arc<FrontendStats>)>,
     members: Arc<shoal_agent::Membership>,
     agent: Option<AgentStats>,
@@ -75,11 +80,16 @@ fn histogram(
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A label value from names that may be remote input.
+fn label(v: &str) -> String {
+    crate::escape::control(v).into_owned()
+}
 const STATES: [&str; 6] = ["UP", "DOWN", "DOWN (checking)", "DRAIN", "MAINT", "NOLB"];
 
 impl Scrape {
     fn server_labels(pool: &Pool, s: &Server) -> Labels {
-        vec![("pool", pool.cfg.name.clone()), ("server", s.name.to_string())]
+        vec![("pool", label(&pool.cfg.name)), ("server", label(&s.name))]
     }
 
     fn per_server(&self, value: impl Fn(&Server) -> u64) -> Vec<(Labels, u64)> {
@@ -270,6 +280,17 @@ impl Scrape {
                 })
                 .collect();
         gauge(enc, "shoal_members", "Cluster members known to gossip, by status.", by_status)?;
+        let refused = self
+            .pools
+            .iter()
+            .map(|p| (vec![("pool", label(&p.cfg.name))], p.members_refused.load(Ordering::Relaxed)))
+            .collect();
+        counter(
+            enc,
+            "shoal_members_refused",
+            "Members a pool refused to route to (admission policy), once per member and address.",
+            refused,
+        )?;
         if let Some(a) = &self.agent {
             let g = &a.gossip;
             counter(
@@ -348,8 +369,15 @@ pub async fn render(b: &Balancer) -> String {
         let r = a.handler_runs();
         [r.ok.load(Ordering::Relaxed), r.failed.load(Ordering::Relaxed), r.timed_out.load(Ordering::Relaxed)]
     });
-    let scrape =
-        Scrape { servers, frontends: b.frontend_stats(), members: b.members(), agent: stats, handler_runs };
+    let pools = b.pools().values().cloned().collect();
+    let scrape = Scrape {
+        servers,
+        pools,
+        frontends: b.frontend_stats(),
+        members: b.members(),
+        agent: stats,
+        handler_runs,
+    };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
     let mut out = String::new();

@@ -1,7 +1,8 @@
 //! The numbers behind every stats view, laid out as HAProxy's stats fields:
 //! one row per frontend, per pool (`BACKEND`) and per server, in the field
 //! order of HAProxy's management guide. CSV, JSON, the HTML page and the
-//! runtime API's `show stat` all render this one snapshot.
+//! runtime API's `show stat` all render this one snapshot. Values are kept as
+//! they are (member names included); each format escapes them its own way.
 
 use std::fmt::Display;
 use std::sync::Arc;
@@ -201,8 +202,11 @@ pub struct Snapshot {
     pub uptime: std::time::Duration,
 }
 
+/// A CSV field: control characters escaped (a value is always one line), quoted when it holds
+/// a comma or a quote.
 fn csv_escape(v: &str) -> std::borrow::Cow<'_, str> {
-    if v.contains([',', '"', '\n']) { format!("\"{}\"", v.replace('"', "\"\"")).into() } else { v.into() }
+    let v = crate::escape::control(v);
+    if v.contains([',', '"']) { format!("\"{}\"", v.replace('"', "\"\"")).into() } else { v }
 }
 
 impl Snapshot {
@@ -351,7 +355,7 @@ fn server_row(pool: &Pool, s: &Arc<Server>, now: Instant) -> Row {
     r.set("ttime", st.response_time.mean_ms());
     r.set("addr", s.addr);
     if pool.cfg.sticky_cookie.is_some() {
-        r.set("cookie", &s.name);
+        r.set("cookie", &s.cookie);
     }
     if checked {
         r.set("chkfail", load(&st.check_failures));
