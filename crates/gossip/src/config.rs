@@ -232,6 +232,9 @@ pub struct Config {
     pub query_buffer: usize,
     /// Largest TCP state exchange accepted, in bytes.
     pub max_stream_bytes: usize,
+    /// Most members (of any status) the view holds: past it, new names are refused
+    /// (`dropped{reason=throttled}`), so that a peer inventing members cannot grow it forever.
+    pub max_members: usize,
 }
 
 impl Config {
@@ -253,6 +256,7 @@ impl Config {
             event_buffer: 512,
             query_buffer: 512,
             max_stream_bytes: 20 * 1024 * 1024,
+            max_members: 16_384,
         }
     }
 }

@@ -615,6 +615,10 @@ impl Gossip {
             self.drop_input(DropReason::Forged, a.addr);
             return;
         }
+        if known.is_none() && self.nodes.len() >= self.cfg.max_members {
+            self.drop_input(DropReason::Throttled, a.addr);
+            return;
+        }
         let claim_changed = known.is_none_or(|n| n.meta != a.meta || n.addr != a.addr);
         if claim_changed && let Err(why) = check_claim(&a) {
             self.refuse_member(&a.name, a.addr, &why);

@@ -312,3 +312,23 @@ fn indirect_probe_requests_are_capped_and_never_reflected_to_broadcast() {
         assert_eq!(status(&sim, i, "node-0"), Some(MemberStatus::Alive));
     }
 }
+
+#[test]
+fn a_peer_inventing_members_cannot_grow_the_view_past_its_cap() {
+    let mut sim = Sim::new(40);
+    for i in 0..3 {
+        let mut cfg = Config::new(format!("node-{i}"), Sim::addr_for(i), Profile::Fast);
+        cfg.max_members = 10;
+        sim.add_node_with(cfg);
+    }
+    sim.join(1, 0);
+    sim.join(2, 0);
+    sim.run_until(Duration::from_millis(50), Duration::from_secs(10), Sim::converged).expect("converges");
+    for i in 0..20u8 {
+        send(&mut sim, 0, &alive(&format!("invented-{i}"), [10, 0, 1, i], tags(&[("role", "backend")])));
+    }
+    assert_eq!(sim.gossip(0).members().count(), 10);
+    assert_eq!(dropped(sim.gossip(0), DropReason::Throttled), 13);
+    // Members already known keep being served; the honest three still see each other.
+    assert_eq!(status(&sim, 0, "node-2"), Some(MemberStatus::Alive));
+}
