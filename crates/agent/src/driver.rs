@@ -470,8 +470,11 @@ fn membership(g: &Gossip) -> Membership {
 }
 
 /// Formats tags as Serf's handlers see them: `k=v,k=v`.
+/// Tags as `k=v,k=v` for a log line, each escaped (they are checked at the boundary; this is
+/// the second line of defence).
 pub fn tags_line(tags: &Tags) -> String {
-    tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    use shoal_gossip::limits::escape;
+    tags.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect::<Vec<_>>().join(",")
 }
 
 struct Driver {
@@ -644,7 +647,7 @@ impl Driver {
             Event::Member { kind, member } => {
                 tracing::info!(
                     target: "shoal::member",
-                    "{kind} {} {} {}", member.name, member.addr, tags_line(&member.tags)
+                    "{kind} {} {} {}", shoal_gossip::limits::escape(&member.name), member.addr, tags_line(&member.tags)
                 );
             }
             Event::JoinFinished { join, joined, errors } => {

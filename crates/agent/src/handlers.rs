@@ -67,7 +67,8 @@ pub fn tag_env_name(tag: &str) -> String {
 pub fn member_lines(members: &[Member]) -> Vec<u8> {
     let mut out = String::new();
     for m in members {
-        let tags = crate::driver::tags_line(&m.tags);
+        // Serf's exact contract: `k=v,k=v`, then only tab and newline escaped (by `clean`).
+        let tags = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
         let role = m.tags.get("role").map_or("", String::as_str);
         out.push_str(&format!("{}\t{}\t{}\t{}\n", clean(&m.name), m.addr.ip(), clean(role), clean(&tags)));
     }

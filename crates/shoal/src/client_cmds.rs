@@ -38,8 +38,14 @@ fn member_addr(m: &RpcMember) -> String {
     ip.map_or_else(|| "?".to_string(), |ip| SocketAddr::new(ip, m.port).to_string())
 }
 
+/// Member data from the agent (a Serf agent may hold names Shoal refuses), escaped for one
+/// line of a terminal: control characters and backslashes as `\n`, `\u{1b}`, …
+fn text(s: &str) -> String {
+    shoal_gossip::limits::escape(s).into_owned()
+}
+
 fn tags_text(tags: &BTreeMap<String, String>) -> String {
-    tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    tags.iter().map(|(k, v)| format!("{}={}", text(k), text(v))).collect::<Vec<_>>().join(",")
 }
 
 /// Prints rows as aligned columns separated by two spaces.
@@ -93,7 +99,7 @@ pub async fn members(a: MembersArgs) -> anyhow::Result<()> {
             let rows: Vec<Vec<String>> = members
                 .iter()
                 .map(|m| {
-                    let mut row = vec![m.name.clone(), member_addr(m), m.status.clone(), tags_text(&m.tags)];
+                    let mut row = vec![text(&m.name), member_addr(m), text(&m.status), tags_text(&m.tags)];
                     if a.detailed {
                         row.push(format!(
                             "protocol={}/{}/{} delegate={}/{}/{}",
