@@ -437,8 +437,8 @@ fn sticky_views(front: SocketAddr) -> Vec<(String, u64)> {
     out
 }
 
-/// `compose.yaml` as a user runs it: `up --scale web=3`, the pool follows; scaled down to 1,
-/// the others leave. The project (containers, network) is taken down at the end, also on failure.
+/// `compose.yaml` as a user runs it: `scripts/gossip-key.sh`, `up --scale web=3`, the pool
+/// follows and gossip is encrypted with the secret's key; scaled down to 1, the others leave. The project (containers, network) is taken down at the end, also on failure.
 #[test]
 fn compose_scales_the_web_service_and_the_pool_follows() {
     if !require("docker-compose") {
@@ -447,7 +447,13 @@ fn compose_scales_the_web_service_and_the_pool_follows() {
     let project = format!("shoal-compose-{}", std::process::id());
     let (front, stats) = (addr(free_port()), addr(free_port()));
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../compose.yaml");
-    let compose = |args: &[&str]| {
+    // The gossip key compose.yaml reads as a secret, made as the README says.
+    let made =
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/gossip-key.sh")).output().unwrap();
+    assert!(made.status.success(), "scripts/gossip-key.sh: {}", String::from_utf8_lossy(&made.stderr));
+    let key =
+        std::fs::read_to_string(String::from_utf8_lossy(&made.stdout).trim()).unwrap().trim().to_string();
+    let compose = |args: &[&str]| -> String {
         let out = Command::new("docker-compose")
             .args(["-p", &project, "-f", file])
             .args(args)
@@ -461,8 +467,9 @@ fn compose_scales_the_web_service_and_the_pool_follows() {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    struct Down<'a>(&'a dyn Fn(&[&str]));
+    struct Down<'a>(&'a dyn Fn(&[&str]) -> String);
     impl Drop for Down<'_> {
         fn drop(&mut self) {
             (self.0)(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
@@ -477,6 +484,12 @@ fn compose_scales_the_web_service_and_the_pool_follows() {
     assert_eq!(served.len(), 3, "requests reach all three: {served:?}");
     // Locked down as compose.yaml says, the balancer still opens its runtime API socket.
     compose(&["exec", "-T", "ha", "shoal", "server", "show"]);
+    // Gossip is encrypted with the secret's key, on all four members.
+    let keys = compose(&["exec", "-T", "ha", "shoal", "keys", "--list"]);
+    assert!(
+        keys.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == [key.as_str(), "[4/4]"]),
+        "every member gossips with the key in deploy/secrets/gossip.key:\n{keys}"
+    );
     compose(&["up", "-d", "--scale", "web=1"]);
     assert!(up_count(1), "scaled down to one: {:?}", pool(stats));
 }

@@ -27,6 +27,28 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The gossip key the deployment files read as a secret, made as the README says
+/// (`scripts/gossip-key.sh`, which keeps an existing key): (its file, the key).
+fn gossip_key() -> (PathBuf, String) {
+    let out =
+        Command::new(repo().join("scripts/gossip-key.sh")).output().expect("scripts/gossip-key.sh runs");
+    assert!(out.status.success(), "scripts/gossip-key.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let file = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let key = std::fs::read_to_string(&file).expect("the key file").trim().to_string();
+    (file, key)
+}
+
+/// Asserts that `shoal keys --list` in `container` shows `key`, and only it, on all `members`.
+fn assert_cluster_key(container: &str, key: &str, members: usize) {
+    let list = docker(&["exec", container, "shoal", "keys", "--list"]);
+    let rows: Vec<&str> = list.lines().filter(|l| l.contains("/") && l.trim_start().ends_with(']')).collect();
+    assert_eq!(
+        rows.iter().map(|r| r.split_whitespace().collect::<Vec<_>>()).collect::<Vec<_>>(),
+        [vec![key.to_string(), format!("[{members}/{members}]")]],
+        "every member gossips with the secret's key, and only it:\n{list}"
+    );
+}
+
 /// The user ids of a container's processes, one per line.
 const UIDS: &str = "cat /proc/[0-9]*/status | sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' | sort -u";
 
@@ -274,6 +296,7 @@ impl Stack {
             ("container", vec!["ps", "-a", "-q", "--filter", &label]),
             ("service", vec!["service", "ls", "-q", "--filter", &label]),
             ("network", vec!["network", "ls", "-q", "--filter", &label]),
+            ("secret", vec!["secret", "ls", "-q", "--filter", &label]),
         ] {
             left.extend(
                 lines(&try_docker(&args).unwrap_or_default()).into_iter().map(|id| format!("{what} {id}")),
@@ -282,7 +305,7 @@ impl Stack {
         left
     }
 
-    /// `docker stack rm`, then waits until its containers, services and networks are gone.
+    /// `docker stack rm`, then waits until its containers, services, networks and secrets are gone.
     fn remove(&mut self, within: Duration) -> Result<Duration, Vec<String>> {
         let t = Instant::now();
         self.removed = true;
@@ -405,6 +428,7 @@ fn swarm_stack_deploys_scales_and_is_removed_cleanly() {
     let mut figures =
         vec![format!("swarm ready after {:?} (initiated here: {})", started.elapsed(), swarm.initiated)];
     let files = repo().join("deploy/swarm");
+    let (_, key) = gossip_key();
 
     // publish.yaml, with no task: the engine checks the merged spec, no port is bound.
     let zero = std::env::temp_dir().join(format!("{name}-zero.yaml"));
@@ -509,6 +533,10 @@ fn swarm_stack_deploys_scales_and_is_removed_cleanly() {
         );
     }
     assert!(members.iter().any(|m| m["name"] == ha_host.as_str()), "ha's node name is its host name");
+    // Gossip is encrypted with the key from the stack's secret, on every member.
+    assert_cluster_key(&ha_id, &key, 4);
+    let secret = docker(&["exec", &ha_id, "/bin/sh", "-c", "stat -c '%u %a' /run/secrets/gossip_key"]);
+    assert_eq!(secret, "65534 400", "the secret is readable by nobody alone");
     // Locked down as the file says: processes run as nobody, the root is read-only, and the
     // admin socket, in its volume, answers.
     for (id, host) in stack.tasks("ha").into_iter().chain(stack.tasks("web")) {
@@ -577,6 +605,7 @@ fn swarm_stack_deploys_scales_and_is_removed_cleanly() {
         docker(&["ps", "-a", "--format", "{{.Names}}"]),
         docker(&["network", "ls", "--format", "{{.Name}}"]),
         docker(&["service", "ls", "--format", "{{.Name}}"]),
+        docker(&["secret", "ls", "--format", "{{.Name}}"]),
     ]
     .iter()
     .flat_map(|s| lines(s))
@@ -695,6 +724,40 @@ fn env_value(container: &Value, name: &str) -> Option<String> {
         .into_iter()
         .find(|(n, _)| n == name)
         .and_then(|(_, e)| e["value"].as_str().map(str::to_string))
+}
+
+/// The volume named `name` of a pod spec.
+fn volume_of<'a>(spec: &'a Value, name: &str) -> &'a Value {
+    spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("volume {name} is defined"))
+}
+
+/// The `shoal-gossip` Secret as the kubelet mounts it: its `gossip-key` in a folder, owned by
+/// root and group `group` with `mode` (when this test may change owners; else readable by all).
+fn secret_dir(prefix: &str, key: &str, mode: u32, group: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("{prefix}-secret"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gossip-key");
+    let _ = std::fs::remove_file(&file);
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    let mode =
+        if std::os::unix::fs::chown(&file, Some(0), Some(group)).is_ok() { mode } else { mode | 0o444 };
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
+/// Removes the folders [`secret_dir`] made for a test.
+struct SecretDirs(String);
+
+impl Drop for SecretDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-secret", self.0)));
+    }
 }
 
 /// `$(NAME)` references in an env value (Kubernetes' dependent variables).
@@ -958,6 +1021,79 @@ fn kubernetes_manifests_hang_together() {
     assert_eq!(front_ports, BTreeSet::from([80, 1936]), "the front Service publishes 80 and 1936");
 }
 
+/// compose.yaml, the swarm stack and the Kubernetes manifests run encrypted gossip, every
+/// agent reading the key from a file a secret provides: the one `scripts/gossip-key.sh` makes
+/// for compose and swarm, a Kubernetes Secret created from it as the manifest's header says.
+/// No key is in the files or in the environment.
+#[test]
+fn deployments_encrypt_gossip_with_a_key_from_a_secret() {
+    for f in ["compose.yaml", "deploy/swarm/stack.yaml"] {
+        let Some(docs) = yaml_docs(&repo().join(f)) else { return };
+        let secrets = docs[0]["secrets"].as_object().unwrap_or_else(|| panic!("{f} defines secrets"));
+        for (service, spec) in docs[0]["services"].as_object().unwrap() {
+            let env = &spec["environment"];
+            assert!(env.get("SHOAL_ENCRYPT").is_none(), "{f}: {service}: no key in the file");
+            let path = str_of(&env["SHOAL_ENCRYPT_FILE"]);
+            let mounted: Vec<(String, String)> = spec["secrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| match s {
+                    Value::String(name) => (name.clone(), name.clone()),
+                    long => {
+                        let source = str_of(&long["source"]).to_string();
+                        (source.clone(), long["target"].as_str().map_or(source, str::to_string))
+                    }
+                })
+                .collect();
+            assert!(
+                mounted.iter().any(|(source, target)| path == format!("/run/secrets/{target}")
+                    && secrets.contains_key(source)),
+                "{f}: {service}'s SHOAL_ENCRYPT_FILE ({path:?}) is a secret it mounts: {mounted:?}"
+            );
+        }
+        let folder = repo().join(f).parent().unwrap().to_path_buf();
+        for (name, secret) in secrets {
+            let file = folder.join(str_of(&secret["file"])).canonicalize();
+            assert_eq!(
+                file.ok(),
+                gossip_key().0.canonicalize().ok(),
+                "{f}: secret {name} is the key file scripts/gossip-key.sh makes"
+            );
+        }
+    }
+    let Some(m) = Manifests::load() else { return };
+    let header = std::fs::read_to_string(repo().join("deploy/k8s/shoal.yaml")).unwrap();
+    for d in &m.deployments {
+        let name = str_of(&d["metadata"]["name"]);
+        let spec = &d["spec"]["template"]["spec"];
+        let c = &spec["containers"][0];
+        assert!(env_of(c).iter().all(|(n, _)| n != "SHOAL_ENCRYPT"), "{name}: no key in the environment");
+        let path = env_value(c, "SHOAL_ENCRYPT_FILE").unwrap_or_else(|| panic!("{name}: SHOAL_ENCRYPT_FILE"));
+        let mount = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| path.starts_with(&format!("{}/", str_of(&v["mountPath"]))))
+            .unwrap_or_else(|| panic!("{name}: {path} is in a mounted volume"));
+        assert_eq!(mount["readOnly"], true, "{name}: the key is mounted read-only");
+        let secret = &volume_of(spec, str_of(&mount["name"]))["secret"];
+        let key = &path[str_of(&mount["mountPath"]).len() + 1..];
+        let secret_name = str_of(&secret["secretName"]);
+        assert_eq!((secret_name, key), ("shoal-gossip", "gossip-key"), "{name}: the key is a Secret's file");
+        let create = format!(
+            "kubectl create secret generic {secret_name} --from-file={key}=deploy/secrets/gossip.key"
+        );
+        assert!(header.contains(&create), "the manifest says how to create the Secret: {create}");
+        let mode = secret["defaultMode"].as_u64().unwrap_or(0o644);
+        let group = spec["securityContext"]["fsGroup"].is_u64();
+        assert!(
+            mode & 0o007 == 0 && (!group || mode & 0o040 != 0),
+            "{name}: mode {mode:o}: the pod's group only"
+        );
+    }
+}
+
 /// The manifests' pods, replayed in Docker as Kubernetes would run them: their env (with
 /// `$(VAR)` and the pod IP), user and group, read-only root, dropped capabilities, no privilege
 /// gain, emptyDirs (tmpfs), and the headless Services as network aliases. The balancer sees
@@ -980,6 +1116,7 @@ fn kubernetes_pods_run_in_docker_as_the_manifests_say() {
         IMAGE,
     ]))
     .unwrap();
+    let _secrets = SecretDirs(prefix.clone());
     let mut pods: Vec<(Container, String, &Value)> = Vec::new(); // (container, host name, deployment)
     let ha = m.deployment("balancer");
     for d in [ha, m.deployment("backend")] {
@@ -1004,9 +1141,25 @@ fn kubernetes_pods_run_in_docker_as_the_manifests_say() {
             args.extend(["--security-opt".into(), "no-new-privileges".into()]);
         }
         for v in c["volumeMounts"].as_array().into_iter().flatten() {
-            // An emptyDir is writable by the pod's user (0777, or group fsGroup).
             let g = psc["fsGroup"].as_u64().unwrap_or(gid);
-            args.extend(["--tmpfs".into(), format!("{}:uid={uid},gid={g}", str_of(&v["mountPath"]))]);
+            let path = str_of(&v["mountPath"]);
+            let volume = volume_of(spec, str_of(&v["name"]));
+            if let Some(secret) = volume["secret"].as_object() {
+                // A Secret's keys as files, as the kubelet writes them: owned by root and
+                // fsGroup, with defaultMode.
+                assert_eq!(
+                    str_of(&secret["secretName"]),
+                    "shoal-gossip",
+                    "{name}: a Secret this test can replay"
+                );
+                let mode = secret["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+                let dir = secret_dir(&prefix, &gossip_key().1, mode, g as u32);
+                let ro = if v["readOnly"] == true { ":ro" } else { "" };
+                args.extend(["-v".into(), format!("{}:{path}{ro}", dir.display())]);
+            } else {
+                // An emptyDir is writable by the pod's user (0777, or group fsGroup).
+                args.extend(["--tmpfs".into(), format!("{path}:uid={uid},gid={g}")]);
+            }
         }
         for alias in m.headless_for(d) {
             args.extend(["--network-alias".into(), alias]);
@@ -1071,6 +1224,7 @@ fn kubernetes_pods_run_in_docker_as_the_manifests_say() {
     };
     let ok = wait_for(Duration::from_secs(30), || up_of(&pool()) == web_hosts);
     assert!(ok.is_some(), "ha sees {web_hosts:?} UP; its pool: {:?}\n{}", pool(), logs(ha_pod));
+    assert_cluster_key(ha_pod, &gossip_key().1, pods.len());
 
     for (pod, host, d) in &pods {
         let c = &d["spec"]["template"]["spec"]["containers"][0];
