@@ -423,7 +423,7 @@ async fn forward<S: ClientIo>(io: &mut S, fe: &Frontend, req: &Request, close: b
         let set_cookie = server
             .set_cookie
             .as_ref()
-            .filter(|_| req.sticky_target.as_deref() != Some(&*server.cookie))
+            .filter(|_| !req.sticky_target.as_deref().is_some_and(|c| server.is_cookie(c)))
             .map(http::HeaderValue::as_bytes);
         let extras = Extras { head_only, set_cookie, close };
         let why = match exchange(io, &server, req, idempotent, &fe.timeouts, extras).await {

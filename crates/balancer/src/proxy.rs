@@ -735,7 +735,7 @@ fn finish(
     strip_hop_by_hop(&mut parts.headers, false);
     // The token made when the server joined the pool, never the member's name.
     if sticky.is_some()
-        && sticky_was != Some(&*server.cookie)
+        && !sticky_was.is_some_and(|c| server.is_cookie(c))
         && let Some(v) = &server.set_cookie
     {
         parts.headers.append(header::SET_COOKIE, v.clone());

@@ -355,7 +355,7 @@ fn server_row(pool: &Pool, s: &Arc<Server>, now: Instant) -> Row {
     r.set("ttime", st.response_time.mean_ms());
     r.set("addr", s.addr);
     if pool.cfg.sticky_cookie.is_some() {
-        r.set("cookie", &s.cookie);
+        r.set("cookie", s.cookie());
     }
     if checked {
         r.set("chkfail", load(&st.check_failures));
