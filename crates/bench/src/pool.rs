@@ -1,6 +1,7 @@
 //! `pool`: the balancer with 1 000 backends — what one membership change costs (pool
 //! sync and view rebuild, measured on the library's own `Pool`), memory per backend, and
-//! requests flowing through a real balancer while 500 backends join in a burst.
+//! requests flowing through a real balancer while 500 backends join in a burst; and what a
+//! rebuild costs when 2 000 members all claim the largest weight (hostile members).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,11 +39,24 @@ pub struct Args {
     /// Seconds of load before and after the burst.
     #[arg(long, default_value_t = 5)]
     pub calm: u64,
+    /// Members claiming the largest weight, for the rebuild-cost figure.
+    #[arg(long, default_value_t = 2000)]
+    pub greedy: usize,
+    /// Only the rebuild cost with greedy members (no membership-change or load figures).
+    #[arg(long)]
+    pub rebuild_only: bool,
 }
 
 fn member(i: usize, port: u16) -> Member {
-    let tags: BTreeMap<String, String> =
+    weighed(i, port, None)
+}
+
+fn weighed(i: usize, port: u16, weight: Option<u32>) -> Member {
+    let mut tags: BTreeMap<String, String> =
         [("role".to_string(), "backend".to_string()), ("port".to_string(), port.to_string())].into();
+    if let Some(w) = weight {
+        tags.insert("weight".to_string(), w.to_string());
+    }
     Member {
         name: Arc::from(format!("web-{i:05}")),
         addr: SocketAddr::from(([127, 0, 0, 1], 7946)),
@@ -112,6 +126,36 @@ fn change_cost(n: usize) {
         (after - before) / 1024.0
     );
     drop(pool);
+}
+
+/// Part 0: `n` members all claiming the largest weight (256, or 256 and 255 in turn so that no
+/// common factor or equal-weight shortcut helps), for each kind of algorithm: the cost of
+/// one view rebuild, which the controller runs at least every 500 ms.
+fn greedy_rebuild_cost(n: usize) {
+    println!("view rebuild with {n} members claiming the largest weight (200 rebuilds each):");
+    for (claims, what) in
+        [(&[256u32, 256][..], "all weight 256"), (&[256, 255][..], "weights 256 and 255 in turn")]
+    {
+        for algorithm in ["roundrobin", "uri"] {
+            let mut cfg = PoolConfig::new("backend", "backend", 3000);
+            cfg.health.enabled = false;
+            cfg.algorithm = algorithm.parse().expect("a known algorithm");
+            let pool = Pool::new(cfg, 1, Arc::new(Notify::new()));
+            let members: Vec<Member> = (0..n)
+                .map(|i| weighed(i, 10_000 + (i % 50_000) as u16, Some(claims[i % claims.len()])))
+                .collect();
+            let now = Instant::now();
+            pool.sync(&membership(&members), now);
+            assert_eq!(pool.view().servers.len(), n, "every member serves");
+            let mut rebuilds = Vec::new();
+            for _ in 0..200 {
+                let t = Instant::now();
+                pool.rebuild(now);
+                rebuilds.push(t.elapsed());
+            }
+            println!("  {algorithm:<10} {what:<28} {}", percentiles(&rebuilds));
+        }
+    }
 }
 
 /// A backend listening on `n` loopback ports, answering every request 200.
@@ -247,6 +291,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.burst > args.backends {
         bail!("--burst must not exceed --backends");
     }
+    greedy_rebuild_cost(args.greedy);
+    if args.rebuild_only {
+        return Ok(());
+    }
+    println!();
     change_cost(args.backends);
     println!();
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(burst(&args))
