@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::config::HealthConfig;
+use crate::escape::Esc;
 use crate::pool::{CheckResult, CheckStatus, Health, Server};
 
 const NEWCOMER_INTERVAL: Duration = Duration::from_millis(200);
@@ -121,10 +122,10 @@ pub async fn check_loop(server: Arc<Server>, pool: String, cfg: HealthConfig, ch
             changed.notify_one();
             match after {
                 Health::Up => {
-                    tracing::info!(target: "shoal::server", pool, server = %server.name, addr = %server.addr, check = %detail, ?took, "server UP")
+                    tracing::info!(target: "shoal::server", pool, server = %Esc(&server.name), addr = %server.addr, check = %Esc(&detail), ?took, "server UP")
                 }
                 _ => {
-                    tracing::warn!(target: "shoal::server", pool, server = %server.name, addr = %server.addr, check = %detail, "server DOWN")
+                    tracing::warn!(target: "shoal::server", pool, server = %Esc(&server.name), addr = %server.addr, check = %Esc(&detail), "server DOWN")
                 }
             }
         }
