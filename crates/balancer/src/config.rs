@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 use crate::cidr::Cidr;
 
+/// Largest weight a server may have (HAProxy's range): the ceiling of `max_weight` and of an
+/// operator's `set server weight`.
+pub const MAX_WEIGHT: u32 = 256;
+
 /// Parses `5s`, `500ms`, `1m` (and `0`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
@@ -261,7 +265,7 @@ fn default_retry_on() -> Vec<RetryOn> {
     vec![RetryOn::ConnectFailure, RetryOn::EmptyResponse]
 }
 fn default_max_weight() -> u32 {
-    crate::pool::MAX_WEIGHT
+    MAX_WEIGHT
 }
 fn default_max_share() -> f64 {
     0.5
@@ -554,8 +558,8 @@ impl BalancerConfig {
                 return err(format!("pool {:?}: invalid sticky cookie name {c:?}", p.name));
             }
             p.accepted_networks()?;
-            if !(1..=crate::pool::MAX_WEIGHT).contains(&p.max_weight) {
-                return err(format!("pool {:?}: max_weight must be 1-{}", p.name, crate::pool::MAX_WEIGHT));
+            if !(1..=MAX_WEIGHT).contains(&p.max_weight) {
+                return err(format!("pool {:?}: max_weight must be 1-{}", p.name, MAX_WEIGHT));
             }
             if !(p.max_share > 0.0 && p.max_share <= 1.0) {
                 return err(format!("pool {:?}: max_share must be above 0 and at most 1", p.name));

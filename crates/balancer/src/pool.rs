@@ -31,9 +31,7 @@ use crate::config::{Algorithm, PoolConfig};
 use crate::escape::Esc;
 use crate::upstream::ConnPool;
 
-/// Largest weight a server may have (HAProxy's range): the ceiling of `max_weight` and of an
-/// operator's `set server weight`.
-pub const MAX_WEIGHT: u32 = 256;
+pub use crate::config::MAX_WEIGHT;
 
 /// Result of active health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
