@@ -473,8 +473,8 @@ fn membership(g: &Gossip) -> Membership {
 /// Tags as `k=v,k=v` for a log line, each escaped (they are checked at the boundary; this is
 /// the second line of defence).
 pub fn tags_line(tags: &Tags) -> String {
-    use shoal_gossip::limits::escape;
-    tags.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect::<Vec<_>>().join(",")
+    use shoal_gossip::escape::Esc;
+    tags.iter().map(|(k, v)| format!("{}={}", Esc(k), Esc(v))).collect::<Vec<_>>().join(",")
 }
 
 struct Driver {
@@ -647,7 +647,7 @@ impl Driver {
             Event::Member { kind, member } => {
                 tracing::info!(
                     target: "shoal::member",
-                    "{kind} {} {} {}", shoal_gossip::limits::escape(&member.name), member.addr, tags_line(&member.tags)
+                    "{kind} {} {} {}", shoal_gossip::escape::Esc(&member.name), member.addr, tags_line(&member.tags)
                 );
             }
             Event::JoinFinished { join, joined, errors } => {

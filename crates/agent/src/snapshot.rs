@@ -16,7 +16,8 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shoal_gossip::limits::{check_name, escape};
+use shoal_gossip::escape::Esc;
+use shoal_gossip::limits::check_name;
 use shoal_gossip::{Event, MemberEventKind};
 
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -62,7 +63,7 @@ impl Snapshot {
                         Some((name, addr)) if check_name(name).is_ok() => {
                             alive.insert(name.to_string(), addr.to_string());
                         }
-                        _ => tracing::warn!(line = %escape(&line), "invalid snapshot line ignored"),
+                        _ => tracing::warn!(line = %Esc(&line), "invalid snapshot line ignored"),
                     }
                 } else if let Some(name) = line.strip_prefix("not-alive: ") {
                     alive.remove(name);
@@ -76,7 +77,7 @@ impl Snapshot {
                     alive.clear();
                     prev = Previous::default();
                 } else if !(line == "leave" || line.starts_with('#') || line.starts_with("coordinate: ")) {
-                    tracing::warn!(line = %escape(&line), "unrecognized snapshot line");
+                    tracing::warn!(line = %Esc(&line), "unrecognized snapshot line");
                 }
             }
         }
@@ -100,7 +101,7 @@ impl Snapshot {
     pub fn record(&mut self, e: &Event) {
         match e {
             Event::Member { member, .. } if check_name(&member.name).is_err() => {
-                tracing::warn!(node = %escape(&member.name), "not recorded in the snapshot: invalid name");
+                tracing::warn!(node = %Esc(&member.name), "not recorded in the snapshot: invalid name");
             }
             Event::Member { kind: MemberEventKind::Join, member } => {
                 self.alive.insert(member.name.to_string(), member.addr.to_string());

@@ -22,7 +22,6 @@ pub mod admission;
 pub mod cidr;
 pub mod config;
 mod conn;
-pub mod escape;
 mod h1;
 mod health;
 mod limits;
@@ -57,6 +56,7 @@ use crate::conn::{GuardedIo, IoTimeouts};
 use crate::escape::Esc;
 use crate::pool::{Change, Pool};
 use crate::proxy::{ConnCtx, Frontend, FrontendStats, RouteRule};
+use shoal_gossip::escape;
 
 /// Errors from starting or reloading.
 #[derive(Debug, thiserror::Error)]

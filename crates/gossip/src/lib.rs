@@ -35,6 +35,7 @@
 pub mod broadcast;
 pub mod config;
 pub mod envelope;
+pub mod escape;
 pub mod event;
 mod gossip;
 pub mod keyring;

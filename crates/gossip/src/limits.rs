@@ -162,41 +162,8 @@ pub fn check_meta(meta: &[u8]) -> Result<Tags, Violation> {
 /// Checks that an address can be a member's.
 pub fn check_addr(addr: SocketAddr) -> Result<(), Violation> {
     let ip = addr.ip();
-    let bad = ip.is_unspecified()
-        || ip.is_multicast()
-        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
-        || matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    let bad = ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     if bad { Err(Violation::Address(ip)) } else { Ok(()) }
-}
-
-/// Writes `s` with every control character, backslash and (when `space` is set) space escaped
-/// (`\n`, `\t`, `\r`, `\\`, `\x20`, `\u{..}`), so that a hostile value stays on one line and in one
-/// field wherever it is printed.
-pub fn escape_into(out: &mut String, s: &str, space: bool) {
-    for c in s.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\\' => out.push_str("\\\\"),
-            ' ' if space => out.push_str("\\x20"),
-            c if c.is_control() => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-}
-
-/// [`escape_into`] into a new string, spaces kept; borrowed when nothing needs escaping.
-pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().all(|c| !c.is_control() && c != '\\') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    escape_into(&mut out, s, false);
-    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -244,15 +211,5 @@ mod tests {
         for bad in ["0.0.0.0:7946", "255.255.255.255:1", "224.0.0.1:7946", "[::]:7946", "[ff02::1]:1"] {
             assert!(check_addr(bad.parse().unwrap()).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn escaping_keeps_a_value_on_one_line() {
-        assert_eq!(escape("web-1"), "web-1");
-        assert_eq!(escape("x\r\nX-Injected: yes"), "x\\r\\nX-Injected: yes");
-        assert_eq!(escape("a\\b\u{7}"), "a\\\\b\\u{7}");
-        let mut s = String::new();
-        escape_into(&mut s, "a b", true);
-        assert_eq!(s, "a\\x20b");
     }
 }

@@ -715,7 +715,7 @@ impl Gossip {
         self.drop_input(DropReason::Refused, addr);
         if self.refused.len() < REFUSED_LOGGED_MAX && self.refused.insert(Arc::from(name)) {
             tracing::warn!(
-                node = %crate::limits::escape(name), %addr, reason = %why,
+                node = %crate::escape::Esc(name), %addr, reason = %why,
                 "member refused: its claim breaks the membership limits (logged once per name)"
             );
         }

@@ -41,7 +41,7 @@ fn member_addr(m: &RpcMember) -> String {
 /// Member data from the agent (a Serf agent may hold names Shoal refuses), escaped for one
 /// line of a terminal: control characters and backslashes as `\n`, `\u{1b}`, …
 fn text(s: &str) -> String {
-    shoal_gossip::limits::escape(s).into_owned()
+    shoal_gossip::escape::control(s).into_owned()
 }
 
 fn tags_text(tags: &BTreeMap<String, String>) -> String {

@@ -1,6 +1,7 @@
-//! Escaping of member data (names, tags) wherever the balancer writes it out.
+//! Escaping of member data (names, tags) wherever it leaves the process: log lines, admin
+//! output, stats, metrics labels, terminal output.
 //!
-//! Membership is remote input: even once gossip validates it, a name is never written raw into
+//! Membership is remote input: even once [`crate::limits`] validates it, a name is never written raw into
 //! a line-based format. [`control`] makes any text one safe line: a backslash becomes `\\`,
 //! `\n`, `\r` and `\t` their escapes, any other control character `\xNN` (`\u{NN}` above 0x7f),
 //! and the Unicode line and paragraph separators and bidirectional overrides their `\u{…}`
