@@ -444,22 +444,9 @@ fn a_bind_mounted_destination_is_rewritten_in_place() {
     assert_eq!(leftovers.len(), 3, "no staged file left: {leftovers:?}");
 }
 
-/// A real Serf agent as a cluster member, under any name (its log file is not named after it:
-/// a node name may hold anything, slashes and newlines included).
+/// A real Serf agent as a cluster member, under any name.
 fn serf_member(name: &str, args: &[&str]) -> Proc {
-    let (bind, rpc) = (addr(free_port()), addr(free_port()));
-    let log = std::env::temp_dir().join(format!("shoal-test-serf-member-{}.log", bind.port()));
-    let child = Command::new("serf")
-        .arg("agent")
-        .arg(format!("-node={name}"))
-        .arg(format!("-bind={bind}"))
-        .arg(format!("-rpc-addr={rpc}"))
-        .args(args)
-        .stdout(std::fs::File::create(log).expect("log file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serf");
-    Proc { child, name: format!("serf {}", name.escape_debug()) }
+    Serf::start(name, args).proc
 }
 
 fn lines_of(path: &Path) -> usize {

@@ -117,7 +117,9 @@ impl Serf {
     /// Starts `serf agent` with extra flags; waits until its RPC answers.
     pub fn start(name: &str, extra: &[&str]) -> Serf {
         let (bind, rpc) = (addr(free_port()), addr(free_port()));
-        let log = std::env::temp_dir().join(format!("shoal-test-serf-{name}-{}.log", bind.port()));
+        // Named after the port, not the node: a node name may hold anything, slashes and
+        // newlines included (the hostile-member tests use such names).
+        let log = std::env::temp_dir().join(format!("shoal-test-serf-{}.log", bind.port()));
         let child = Command::new("serf")
             .arg("agent")
             .arg(format!("-node={name}"))
@@ -128,7 +130,8 @@ impl Serf {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn serf");
-        let serf = Serf { proc: Proc { child, name: name.into() }, name: name.into(), bind, rpc };
+        let proc = Proc { child, name: format!("serf {}", name.escape_debug()) };
+        let serf = Serf { proc, name: name.into(), bind, rpc };
         wait_for(Duration::from_secs(10), || serf.try_members().is_some()).expect("serf RPC comes up");
         serf
     }
