@@ -19,7 +19,7 @@ use crate::messages::{Compress, PushPullHeader, UserMsgHeader, kind};
 use crate::mp::{self, DecodeError};
 
 /// Why an inbound packet or stream was dropped. Every variant is counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
 pub enum DropReason {
     /// Empty or cut short.
     #[error("truncated")]

@@ -97,7 +97,7 @@ pub struct Stats {
     /// Datagrams sent.
     pub packets_sent: u64,
     /// Inbound datagrams, stream messages or message parts dropped, by reason.
-    pub dropped: HashMap<DropReason, u64>,
+    pub dropped: BTreeMap<DropReason, u64>,
     /// Probes started.
     pub probes: u64,
     /// Probes that ended with the target suspected.
@@ -208,8 +208,10 @@ pub struct Gossip {
     pub(crate) clock: Lamport,
     pub(crate) event_clock: Lamport,
     pub(crate) query_clock: Lamport,
-    pub(crate) members: HashMap<Arc<str>, SerfMember>,
-    pub(crate) intents: HashMap<String, crate::serf::Intent>,
+    // Ordered maps wherever iteration reaches an output (reconnect and relay choices, reap
+    // order, push/pull state): the same inputs and seed give the same outputs.
+    pub(crate) members: BTreeMap<Arc<str>, SerfMember>,
+    pub(crate) intents: BTreeMap<String, crate::serf::Intent>,
     pub(crate) event_buffer: Vec<Option<msg::SerfUserEvents>>,
     pub(crate) event_min_time: u64,
     pub(crate) query_buffer: Vec<Option<(u64, Vec<u32>)>>,
@@ -288,8 +290,8 @@ impl Gossip {
             clock: Lamport::default(),
             event_clock: Lamport::default(),
             query_clock: Lamport::default(),
-            members: HashMap::new(),
-            intents: HashMap::new(),
+            members: BTreeMap::new(),
+            intents: BTreeMap::new(),
             event_buffer: vec![None; cfg.event_buffer.max(1)],
             event_min_time: 0,
             query_buffer: vec![None; cfg.query_buffer.max(1)],

@@ -7,7 +7,7 @@
 //! path is lossy. Queries named `_serf_*` are Serf's own (ping, name-conflict
 //! resolution, key management) and are answered here, not by handlers.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -318,7 +318,7 @@ impl Gossip {
             })
             .map(|m| (m.member.addr, m.member.name.clone()))
             .collect();
-        let mut picked = HashSet::new();
+        let mut picked = BTreeSet::new();
         for _ in 0..3 * candidates.len() {
             if picked.len() >= usize::from(to.relay_factor) {
                 break;
