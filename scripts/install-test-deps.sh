@@ -3,8 +3,9 @@
 # HashiCorp Serf) and cargo tools. Safe to run on every CI run: it only installs what is missing.
 set -euo pipefail
 
-# python3-yaml: crates/shoal/tests/swarm.rs parses the Kubernetes manifests with it.
-APT_PACKAGES=(serf haproxy nginx-light socat chromium prometheus-haproxy-exporter python3-yaml)
+# python3-yaml: crates/shoal/tests/swarm.rs parses the Kubernetes manifests with it; openssl: the
+# TLS log test makes a certificate and connects with s_client.
+APT_PACKAGES=(serf haproxy nginx-light socat chromium prometheus-haproxy-exporter python3-yaml openssl)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -486,8 +486,17 @@ impl Balancer {
             let _ = l.stop.send(true);
         }
         let deadline = Instant::now() + drain;
-        while self.inner.open_conns.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            let _ = tokio::time::timeout_at(deadline.into(), self.inner.drained.notified()).await;
+        loop {
+            // Register for the wake-up before reading the counter: the last connection's
+            // `notify_waiters` between the read and the wait would otherwise be missed (it
+            // stores no permit), and the drain would sit out its whole timeout.
+            let drained = self.inner.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.inner.open_conns.load(Ordering::Acquire) == 0 || Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), drained).await;
         }
         let left = self.inner.open_conns.load(Ordering::Relaxed);
         if left > 0 {
@@ -525,7 +534,7 @@ impl Balancer {
         let ctx = ConnCtx::new(frontend, client, local_port, self.inner.access_log.load_full());
         self.inner.open_conns.fetch_add(1, Ordering::Relaxed);
         serve_conn(io, ctx, None, &self.inner).await;
-        if self.inner.open_conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if self.inner.open_conns.fetch_sub(1, Ordering::Release) == 1 {
             self.inner.drained.notify_waiters();
         }
     }
@@ -626,7 +635,7 @@ impl Balancer {
             tokio::spawn(async move {
                 serve_conn(stream, ctx, tls, &inner).await;
                 drop(permit);
-                if inner.open_conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+                if inner.open_conns.fetch_sub(1, Ordering::Release) == 1 {
                     inner.drained.notify_waiters();
                 }
             });

@@ -27,6 +27,10 @@ pub fn init(args: &LogArgs, verbosity: Verbosity) -> LogTap {
         (Verbosity::Service, None) => "info",
         (Verbosity::Demo, None) => "warn,shoal::server=info",
     };
+    // rustls warns on every handshake whose SNI is an IP address (clients connecting by IP,
+    // such as load generators, send one although RFC 6066 forbids it): at `warn` that floods
+    // the log with one line per connection, so its own warnings show only when asked for.
+    let level = if level.contains("rustls") { level.to_string() } else { format!("{level},rustls=error") };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let tap = LogTap::default();
     let registry = tracing_subscriber::registry().with(filter).with(tap.clone());

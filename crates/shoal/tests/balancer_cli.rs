@@ -174,3 +174,71 @@ fn the_agent_refuses_a_node_name_or_tag_that_could_inject_lines() {
         assert!(err.contains("may not contain") || err.contains("control character"), "{err}");
     }
 }
+
+#[test]
+fn tls_clients_connecting_by_ip_address_do_not_flood_the_log() {
+    if !require("openssl") {
+        return;
+    }
+    let (front, lb_gossip) = (addr(free_port()), addr(free_port()));
+    let dir = std::env::temp_dir().join(format!("shoal-tls-sni-{}", front.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let cfg = dir.join("balancer.toml");
+    let text = format!(
+        "[[frontends]]\nname = \"tls\"\nlisten = [\"{front}\"]\ndefault_pool = \"app\"\n\
+         tls = {{ cert = \"{}\", key = \"{}\" }}\n\n[[pools]]\nname = \"app\"\nrole = \"backend\"\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let stats = addr(free_port());
+    let (mut lb, log) = shoal(
+        "lb-tls",
+        &[
+            "balancer",
+            "--node=lb-tls",
+            &format!("--bind={lb_gossip}"),
+            &format!("--rpc-addr={}", addr(free_port())),
+            &format!("--stats={stats}"),
+            &format!("--config={}", cfg.display()),
+            "--admin-socket=none",
+        ],
+        &[],
+    );
+    lb.wait_listening(front, &log);
+    // Clients that connect by IP and put it in SNI (as load generators do; RFC 6066 forbids it).
+    for _ in 0..5 {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &front.to_string(), "-servername", "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"), "handshake completed");
+    }
+    lb.signal("TERM");
+    assert_eq!(lb.wait_exit(Duration::from_secs(15)), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("listening"), "the log is there: {text}");
+    assert!(!text.contains("SNI"), "one warning per handshake:\n{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
