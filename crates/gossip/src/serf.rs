@@ -427,6 +427,7 @@ impl Gossip {
             [(pp.ltime, self.clock), (pp.event_ltime, self.event_clock), (pp.query_ltime, self.query_clock)];
         if clocks.iter().any(|&(t, clock)| !plausible(clock, t))
             || pp.status_ltimes.values().any(|&t| !plausible(self.clock, t))
+            || pp.events.iter().flatten().any(|e| !plausible(self.event_clock, e.ltime))
         {
             tracing::debug!(
                 ltime = pp.ltime,

@@ -332,3 +332,28 @@ fn a_peer_inventing_members_cannot_grow_the_view_past_its_cap() {
     // Members already known keep being served; the honest three still see each other.
     assert_eq!(status(&sim, 0, "node-2"), Some(MemberStatus::Alive));
 }
+
+#[test]
+fn a_push_pull_carrying_an_event_stamped_at_the_end_of_time_is_refused() {
+    let mut sim = cluster(41);
+    let serf_state = msg::SerfPushPull {
+        ltime: 1,
+        status_ltimes: Default::default(),
+        left_members: vec![],
+        event_ltime: 1,
+        events: vec![Some(msg::SerfUserEvents {
+            ltime: u64::MAX,
+            events: vec![msg::SerfUserEventRecord { name: "deploy".into(), payload: b"x".to_vec() }],
+        })],
+        query_ltime: 1,
+    };
+    let user = mp::encode_with_type(serf_kind::PUSH_PULL, &serf_state);
+    let mut pp = vec![kind::PUSH_PULL];
+    msg::PushPullHeader { nodes: 0, user_state_len: user.len() as u32, join: false }.put(&mut pp);
+    pp.extend_from_slice(&user);
+    let from: SocketAddr = ROGUE.parse().unwrap();
+    let before = sim.gossip(0).clocks().1;
+    assert!(sim.with(0, |g, now| g.handle_stream(now, from, &pp)).is_some());
+    assert_eq!(dropped(sim.gossip(0), DropReason::Forged), 1);
+    assert_eq!(sim.gossip(0).clocks().1, before, "the event clock did not move");
+}
