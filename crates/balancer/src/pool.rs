@@ -689,7 +689,9 @@ impl View {
             let ambiguous: Vec<u64> =
                 cookies.windows(2).filter(|w| w[0].0 == w[1].0).map(|w| w[0].0).collect();
             if !ambiguous.is_empty() {
-                cookies.retain(|(v, _)| !ambiguous.contains(v));
+                // `ambiguous` is sorted (taken from the sorted table): a search, not a scan, so
+                // crafted collisions cannot make the rebuild quadratic.
+                cookies.retain(|(v, _)| ambiguous.binary_search(v).is_err());
             }
         }
         let mut ring = Vec::new();
