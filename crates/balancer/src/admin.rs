@@ -22,7 +22,8 @@ use tokio::sync::Semaphore;
 
 use crate::Balancer;
 use crate::escape;
-use crate::pool::{Admin, Health, Pool, Server};
+use crate::pool::Pool;
+use crate::server::{Admin, Health, Server};
 use crate::stats::rows::Snapshot;
 
 /// Longest command line, in bytes.
@@ -115,7 +116,7 @@ fn with_server(b: &Balancer, target: &str, f: impl FnOnce(&Pool, &Server) -> boo
 fn show_info(b: &Balancer) -> String {
     let uptime = Instant::now().saturating_duration_since(b.started()).as_secs();
     let fronts = b.frontend_stats();
-    let sum = |f: fn(&crate::proxy::FrontendStats) -> u64| fronts.iter().map(|(_, s)| f(s)).sum::<u64>();
+    let sum = |f: fn(&crate::metrics::FrontendStats) -> u64| fronts.iter().map(|(_, s)| f(s)).sum::<u64>();
     let members = b.members();
     let count = |st: shoal_gossip::MemberStatus| members.members.iter().filter(|m| m.status == st).count();
     let (days, hours, mins, secs) = (uptime / 86_400, uptime / 3600 % 24, uptime / 60 % 60, uptime % 60);
@@ -149,7 +150,7 @@ fn show_info(b: &Balancer) -> String {
 
 /// HAProxy's check status numbers (`HCHK_STATUS_*`) for `show servers state`.
 fn check_status_number(s: &Server) -> u8 {
-    use crate::pool::CheckStatus::*;
+    use crate::server::CheckStatus::*;
     let last = s.last_check.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.status);
     match last {
         None => 1,               // INI

@@ -102,6 +102,12 @@ impl ConnState {
 /// moves, so a busy connection does no timer-wheel work per request.
 pub(crate) struct LazyTimer(Pin<Box<Sleep>>);
 
+impl std::fmt::Debug for LazyTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LazyTimer").field(&self.0.deadline()).finish()
+    }
+}
+
 impl LazyTimer {
     /// A timer armed for nothing yet.
     pub(crate) fn new() -> LazyTimer {

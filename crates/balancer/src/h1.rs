@@ -1,15 +1,18 @@
-//! The HTTP/1.1 fast path: bodiless keep-alive requests proxied straight from their head bytes.
+//! The HTTP/1.1 fast path: a wire adapter that serves well-formed HTTP/1.1 requests straight
+//! from their bytes, over plain TCP or TLS.
 //!
-//! The common request — HTTP/1.1, no body, an origin-form target, one Host — is parsed with
-//! `httparse` and forwarded as bytes: hop-by-hop headers dropped, the sticky cookie taken out,
-//! `X-Forwarded-For/-Proto/-Port` appended, no header map built. The server's response head is
-//! rewritten the same way and its body relayed by its framing (length, chunked, or up to the
-//! end of the connection) over plain pooled sockets. Between requests a connection holds no
+//! The head is parsed in place (`httparse`, no header map) and shown to the
+//! [pipeline](crate::pipeline), which routes it and writes the head the server gets; the body —
+//! by `Content-Length` or chunked — is buffered when small (so the request can be sent again)
+//! and relayed as it arrives when large; the server's answer is relayed by its framing with its
+//! head rewritten by the same rules every path follows; an upgrade (WebSocket) splices both
+//! connections once the server says `101`. Between requests an idle plain connection holds no
 //! buffer at all.
 //!
-//! Anything else — a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2, a head too large or
-//! malformed — is handed, with the bytes read so far, to the general (hyper) path, which then
-//! serves the rest of the connection with every check it makes (413, 431, smuggling 400s).
+//! Anything else — `Expect`, HTTP/1.0, an absolute-form target, a head too large, ambiguous or
+//! malformed, a body over the limit — is handed, with the bytes read so far, to the general
+//! (hyper) path, which serves the rest of the connection with every check it makes (413, 431,
+//! smuggling 400s).
 
 use std::future::poll_fn;
 use std::io;
@@ -25,21 +28,19 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::access_log::Record;
+use crate::codec::{BadFraming, Chunks, Framing, HeaderSink, MAX_HEADERS, local_answer, status_line};
 use crate::conn::{IoTimeouts, LazyTimer, RESPONSE_408};
-use crate::escape::Esc;
-use crate::pool::{KeySource, Pool, Server, hash_key};
-use crate::proxy::{ConnCtx, Frontend, is_hop_by_hop, is_idempotent, route_host};
-use crate::retry::{AttemptError, Attempts, Failure, Next};
-use crate::sticky::{cookie_in, cookies_without};
-use crate::upstream::{RawConn, Timing, dial};
+use crate::forward::{Unanswered, forward};
+use crate::frontend::{ConnCtx, Frontend};
+use crate::pipeline::{BodyFraming, Plan, RequestHead, Txn, plan, upstream_head};
+use crate::retry::Failure;
+use crate::upstream::{Answer, BodyStream, ClientBodyError, DropInterim, Interim, NoBody};
 
-/// Headers parsed per message; a request with more goes to the general path.
-const MAX_HEADERS: usize = 64;
 /// Room made for each read.
 const READ_SIZE: usize = 8 * 1024;
-/// Largest response head taken from a server.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Bodies up to this size are read whole before the request goes out, so that it can be sent
+/// again (to the same server on a connection found dead, or elsewhere if its method allows).
+pub(crate) const RESEND_BUFFER: u64 = 64 * 1024;
 
 /// A client connection the balancer can serve: a byte stream that can also say when a read
 /// would find data, so an idle connection waits without a buffer.
@@ -54,6 +55,17 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 impl ClientIo for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (tcp, tls) = self.get_ref();
+        // Plaintext already decrypted (or a state change to act on) needs no new bytes.
+        if !tls.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.poll_read_ready(cx)
     }
 }
 
@@ -118,15 +130,15 @@ pub(crate) async fn serve<S: ClientIo>(
                 }
             }
         };
-        let consumed = request.head_len;
+        let head_len = request.head_len;
         let close = request.close || *shutdown.borrow();
-        let head_age = head_started.elapsed();
+        let txn = Txn::begin(ctx, frontend, head_started.elapsed(), || request.line.clone());
         // Boxed: between requests the connection's task then holds a pointer, not a request.
-        let keep = Box::pin(proxy(io, ctx, &frontend, request, head_age, close)).await;
+        let keep = Box::pin(proxy(io, &mut buf, txn, request, close, timeouts.client)).await;
         if !keep {
             return Served::Closed;
         }
-        buf.drain(..consumed);
+        buf.drain(..head_len);
         first = false;
         idle_since = Instant::now();
     }
@@ -172,7 +184,8 @@ async fn send<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], inactivity: Durat
             _ => return false,
         }
     }
-    true
+    // TLS streams buffer what they encrypt.
+    matches!(tokio::time::timeout(inactivity, io.flush()).await, Ok(Ok(())))
 }
 
 /// Reads more into `buf` before `deadline`: the count read (0 at end of stream), or `None` when
@@ -197,16 +210,24 @@ async fn read_until<R: AsyncRead + Unpin>(
 struct Request {
     /// Length of the head in the client's buffer.
     head_len: usize,
-    method: Method,
+    /// What the pipeline decided.
+    plan: Plan,
     /// The head to send upstream.
     upstream: Vec<u8>,
-    pool: Arc<Pool>,
-    key: Option<Vec<u8>>,
-    sticky_target: Option<String>,
+    /// How the client frames its body.
+    body: RequestBody,
     /// The client asked to close after this request.
     close: bool,
     /// `METHOD TARGET HTTP/1.1`, when requests are logged.
-    line: Option<String>,
+    line: String,
+}
+
+/// How a client's request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestBody {
+    None,
+    Length(u64),
+    Chunked,
 }
 
 enum Examined {
@@ -215,38 +236,37 @@ enum Examined {
     Refused,
 }
 
-/// A parsed request head, as a hash key is read from it.
+/// A request head as `httparse` found it.
 struct RawHead<'h, 'b> {
-    headers: &'h [httparse::Header<'b>],
+    method: Method,
     target: &'b str,
+    headers: &'h [httparse::Header<'b>],
 }
 
-impl<'b> RawHead<'_, 'b> {
-    fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'b [u8]> + use<'_, 'b, 'n> {
-        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+impl RequestHead for RawHead<'_, '_> {
+    fn method(&self) -> &Method {
+        &self.method
     }
 
-    fn cookies(&self) -> impl Iterator<Item = &'b str> + use<'_, 'b> {
-        self.values("cookie").filter_map(|v| std::str::from_utf8(v).ok())
-    }
-}
-
-impl KeySource for RawHead<'_, '_> {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.values(name).next()
+    fn target(&self) -> &str {
+        self.target
     }
 
-    fn cookie(&self, name: &str) -> Option<&str> {
-        cookie_in(self.cookies(), name)
+    fn host(&self) -> Option<&str> {
+        self.field("host").and_then(|h| std::str::from_utf8(h).ok())
     }
 
-    fn target(&self) -> Option<&[u8]> {
-        Some(self.target.as_bytes())
+    fn authority(&self) -> Option<&str> {
+        None
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|h| (h.name, h.value))
     }
 }
 
 /// Parses what `buf` holds of a request head and, when it is complete and the fast path
-/// serves it, routes it and builds the head to send upstream.
+/// serves it, plans it and builds the head to send upstream.
 fn examine(buf: &[u8], ctx: &ConnCtx, fe: &Frontend, max_header: usize) -> Examined {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -262,588 +282,361 @@ fn examine(buf: &[u8], ctx: &ConnCtx, fe: &Frontend, max_header: usize) -> Exami
         return Examined::Refused;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Examined::Refused };
-    let head = RawHead { headers: &*req.headers, target };
-    let (mut host, mut hosts, mut lengths, mut close) = (None, 0, 0, false);
+    let head = RawHead { method, target, headers: &*req.headers };
+    let (mut hosts, mut length, mut lengths, mut chunked, mut close) = (0, None, 0, false, false);
+    let (mut upgrade_field, mut upgrade_token) = (false, false);
     for h in head.headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
             hosts += 1;
-            host = std::str::from_utf8(h.value).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
-            // Only an explicit empty body; a body, and the checks it needs, are the general path's.
             lengths += 1;
-            if h.value != b"0" {
+            length = std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<u64>().ok());
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only a plain `chunked`: anything else, and the checks it needs, are the general path's.
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Examined::Refused;
             }
-        } else if ["transfer-encoding", "upgrade", "expect"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("expect") {
             return Examined::Refused;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_field = true;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
-                    // A header named as hop-by-hop: the general path strips those.
-                    return Examined::Refused;
-                }
+                close |= token.eq_ignore_ascii_case(b"close");
+                upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
             }
         }
     }
-    let (Some(host), 1, 0..=1) = (host, hosts, lengths) else { return Examined::Refused };
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let pool = fe.pool_for(Some(&route_host(host)), path).clone();
-    let sticky_name = pool.cfg.sticky_cookie.as_deref();
-    let sticky_target = sticky_name.and_then(|c| head.cookie(c)).map(str::to_string);
-    let mut scratch = Vec::new();
-    let key = hash_key(&pool.cfg.algorithm, ctx.client.ip(), &head, &mut scratch).map(<[u8]>::to_vec);
-
-    let mut out = Vec::with_capacity(head_len + 128);
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut forwarded_for = Vec::new();
-    for h in head.headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded_for.extend_from_slice(h.value);
-            forwarded_for.extend_from_slice(b", ");
-            continue;
-        }
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-port")
-            || (sticky_name.is_some() && name.eq_ignore_ascii_case("cookie"))
-        {
-            continue;
-        }
-        push_header(&mut out, name.as_bytes(), h.value);
+    let body = match (lengths, length, chunked) {
+        (0, _, false) => RequestBody::None,
+        (1, Some(0), false) => RequestBody::None,
+        (1, Some(n), false) if n <= fe.max_body => RequestBody::Length(n),
+        (0, _, true) => RequestBody::Chunked,
+        // Duplicate, invalid or oversized lengths, a length with chunking: refused there.
+        _ => return Examined::Refused,
+    };
+    let upgrade = upgrade_field && upgrade_token;
+    if hosts != 1 || (upgrade && body != RequestBody::None) {
+        return Examined::Refused;
     }
-    if let Some(name) = sticky_name {
-        let kept = cookies_without(head.cookies(), name).collect::<Vec<_>>().join("; ");
-        if !kept.is_empty() {
-            push_header(&mut out, b"cookie", kept.as_bytes());
+    let plan = plan(fe, ctx.client.ip(), &head, upgrade);
+    let framing = match body {
+        RequestBody::None => BodyFraming::None,
+        RequestBody::Length(n) => BodyFraming::Length(n),
+        RequestBody::Chunked => BodyFraming::Chunked,
+    };
+    let mut upstream = Vec::with_capacity(head_len + 128);
+    upstream_head(&head, &plan, ctx, fe.tls, framing, &mut upstream);
+    let line = if ctx.log.is_some() { format!("{} {target} HTTP/1.1", head.method) } else { String::new() };
+    Examined::Ready(Request { head_len, plan, upstream, body, close, line })
+}
+
+/// The client's body, read from the connection as it is sent upstream. Body bytes live in the
+/// client's buffer after the head; what has gone upstream is dropped from it, and whatever
+/// follows the body (a pipelined request) stays.
+struct ClientBody<'a, S> {
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
+    /// Where the body starts in `buf` (the head's length).
+    start: usize,
+    framing: Framing,
+    /// Bytes at `buf[start..]` handed out last time, dropped on the next call.
+    handed: usize,
+    total: u64,
+    limit: u64,
+    timeout: Duration,
+    started: bool,
+}
+
+impl<S: ClientIo> ClientBody<'_, S> {
+    /// Reads until `buf` holds `start + want` bytes; false when the client left or stalled.
+    async fn fill(&mut self, want: usize) -> bool {
+        while self.buf.len() < self.start + want {
+            self.buf.reserve(READ_SIZE.max(self.start + want - self.buf.len()));
+            match tokio::time::timeout(self.timeout, self.io.read_buf(self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return false,
+            }
         }
-    }
-    forwarded_for.extend_from_slice(ctx.client_ip.as_bytes());
-    push_header(&mut out, b"x-forwarded-for", &forwarded_for);
-    push_header(&mut out, b"x-forwarded-proto", if fe.tls { b"https" } else { b"http" });
-    push_header(&mut out, b"x-forwarded-port", ctx.port_value.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let line = ctx.log.as_ref().map(|_| format!("{method} {target} HTTP/1.1"));
-    Examined::Ready(Request { head_len, method, upstream: out, pool, key, sticky_target, close, line })
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// How the request ended, for the counters and the access log.
-struct Outcome {
-    status: u16,
-    server: Option<Arc<Server>>,
-    timing: Timing,
-    answered: bool,
-    termination: [u8; 2],
-    /// Body bytes sent to the client.
-    bytes: u64,
-    /// Retries it took.
-    retries: u32,
-    /// The client connection can take another request.
-    keep: bool,
-}
-
-impl Outcome {
-    fn after(mut self, tries: &Attempts<'_>) -> Outcome {
-        self.retries = tries.retried();
-        self
+        true
     }
 }
 
-/// Forwards one request and relays the answer; returns whether the connection stays open.
+impl<S: ClientIo> BodyStream for ClientBody<'_, S> {
+    async fn next(&mut self) -> Result<Option<&[u8]>, ClientBodyError> {
+        if self.handed > 0 {
+            self.buf.drain(self.start..self.start + self.handed);
+            self.handed = 0;
+        }
+        if self.framing.is_done() {
+            return Ok(None);
+        }
+        if self.buf.len() == self.start && !self.fill(1).await {
+            return Err(ClientBodyError::Gone);
+        }
+        let (n, _) =
+            self.framing.take(&self.buf[self.start..]).map_err(|BadFraming| ClientBodyError::Malformed)?;
+        self.total += n as u64;
+        if self.total > self.limit {
+            return Err(ClientBodyError::TooLarge);
+        }
+        (self.handed, self.started) = (n, true);
+        Ok(Some(&self.buf[self.start..self.start + n]))
+    }
+
+    fn started(&self) -> bool {
+        self.started
+    }
+}
+
+/// Interim answers go to the client as they come.
+struct ToClient<'a, S> {
+    io: &'a mut S,
+    timeout: Duration,
+}
+
+impl<S: ClientIo> Interim<Vec<u8>> for ToClient<'_, S> {
+    async fn relay(&mut self, status: u16, fields: Vec<u8>) -> bool {
+        let mut head = Vec::with_capacity(fields.len() + 32);
+        status_line(status, &mut head);
+        head.extend_from_slice(&fields);
+        head.extend_from_slice(b"\r\n");
+        send(self.io, &head, self.timeout).await
+    }
+}
+
+/// Forwards one request and relays the answer; returns whether the connection stays open
+/// (its next request starts after the head in `buf`; the body, if any, is gone from it).
 async fn proxy<S: ClientIo>(
     io: &mut S,
-    ctx: &ConnCtx,
-    fe: &Frontend,
+    buf: &mut Vec<u8>,
+    mut txn: Txn,
     req: Request,
-    head_age: Duration,
     close: bool,
+    client_timeout: Duration,
 ) -> bool {
-    ctx.state.begin();
-    let started = std::time::Instant::now();
-    let at = std::time::SystemTime::now();
-    fe.stats.requests.fetch_add(1, Ordering::Relaxed);
-    fe.stats.request_rate.hit(fe.stats.second(started));
-    fe.stats.bytes_in.fetch_add(req.head_len as u64, Ordering::Relaxed);
-    let out = forward(io, fe, &req, close).await;
-    fe.stats.count_response(out.status);
-    fe.stats.bytes_out.fetch_add(out.bytes, Ordering::Relaxed);
-    if let Some(s) = &out.server {
-        s.active.fetch_sub(1, Ordering::Relaxed);
-    }
-    if let (Some(sink), Some(line)) = (&ctx.log, req.line) {
-        sink.log(Record {
-            at,
-            client: ctx.client,
-            frontend: fe.name.clone(),
-            backend: Some(req.pool.name.clone()),
-            server: out.server.as_ref().map(|s| s.name.clone()),
-            t_request: head_age,
-            t_connect: out.timing.connect,
-            t_response: out.answered.then_some(out.timing.response),
-            t_active: started.elapsed(),
-            status: out.status,
-            bytes: out.bytes,
-            termination: out.termination,
-            frontend_conns: fe.stats.current_connections.load(Ordering::Relaxed),
-            backend_conns: req.pool.view().servers.iter().map(|s| s.active.load(Ordering::Relaxed)).sum(),
-            server_conns: out.server.as_ref().map_or(0, |s| s.active.load(Ordering::Relaxed) + 1),
-            retries: out.retries,
-            request: line,
-        });
-    }
-    ctx.state.end();
-    out.keep
-}
-
-async fn forward<S: ClientIo>(io: &mut S, fe: &Frontend, req: &Request, close: bool) -> Outcome {
-    let head_only = req.method == Method::HEAD;
-    let idempotent = is_idempotent(&req.method);
-    let view = req.pool.view();
-    let mut tries = Attempts::new(&req.pool, &view, idempotent, req.sticky_target.as_deref());
-    loop {
-        let Some(server) = tries.next_server(&view, req.key.as_deref()) else {
-            let f = tries.exhausted(&fe.stats);
-            return answer_locally(io, f, head_only, close, fe.timeouts.client).await.after(&tries);
-        };
-        server.stats.bytes_in.fetch_add(req.upstream.len() as u64, Ordering::Relaxed);
-        // Made when the server joined the pool: the token, never the member's name.
-        let set_cookie = server
-            .set_cookie
-            .as_ref()
-            .filter(|_| !req.sticky_target.as_deref().is_some_and(|c| server.is_cookie(c)))
-            .map(http::HeaderValue::as_bytes);
-        let extras = Extras { head_only, set_cookie, close };
-        let why = match exchange(io, &server, req, idempotent, &fe.timeouts, extras).await {
-            Ok(answer) => {
-                if tries.answered(&server, answer.head.status) {
-                    continue;
+    let fe = txn.frontend().clone();
+    txn.routed(&req.plan.pool);
+    txn.received(req.head_len as u64);
+    let start = req.head_len;
+    let mut upstream = req.upstream;
+    // A small body is read whole and sent with the head: the request can then go out twice.
+    let whole = match req.body {
+        RequestBody::None => Some(0),
+        RequestBody::Length(n) if n <= RESEND_BUFFER => Some(n as usize),
+        RequestBody::Chunked => {
+            let mut c = Chunks::new();
+            match c.walk(&buf[start..], |_, _| {}) {
+                Ok((n, true)) if n as u64 <= RESEND_BUFFER.min(fe.max_body) => Some(n),
+                Ok(_) => None,
+                Err(BadFraming) => {
+                    txn.denied(400, *b"CR");
+                    return local(
+                        io,
+                        &mut txn,
+                        StatusCode::BAD_REQUEST,
+                        "Bad request body\n",
+                        false,
+                        true,
+                        client_timeout,
+                    )
+                    .await;
                 }
-                return relay(io, server, answer, &fe.timeouts).await.after(&tries);
             }
-            Err(why) => why,
-        };
-        tracing::debug!(server = %Esc(&server.name), ?why, "upstream attempt failed");
-        match tries.failed(server, why) {
-            Next::Resend | Next::Elsewhere => {}
-            Next::Fail(f) => {
-                return answer_locally(io, f, head_only, close, fe.timeouts.client).await.after(&tries);
+        }
+        RequestBody::Length(_) => None,
+    };
+    let framing = match req.body {
+        RequestBody::None => Framing::Empty,
+        RequestBody::Length(n) => Framing::Length(n),
+        RequestBody::Chunked => Framing::Chunked(Chunks::new()),
+    };
+    let mut body = ClientBody {
+        io,
+        buf,
+        start,
+        framing,
+        handed: 0,
+        total: 0,
+        limit: fe.max_body,
+        timeout: client_timeout,
+        started: false,
+    };
+    let forwarded = match whole {
+        Some(n) => {
+            if !body.fill(n).await {
+                txn.cut(*b"CR");
+                return false;
             }
+            upstream.extend_from_slice(&body.buf[start..start + n]);
+            body.buf.drain(start..start + n);
+            txn.received(n as u64);
+            let mut interim = ToClient { io: &mut *body.io, timeout: client_timeout };
+            forward(&req.plan, &fe, &mut txn, &upstream, &mut NoBody, &mut interim, close).await
+        }
+        None => {
+            // Interim answers are dropped while the body streams: the connection is busy with it.
+            let result =
+                forward(&req.plan, &fe, &mut txn, &upstream, &mut body, &mut DropInterim, close).await;
+            txn.received(body.total);
+            result
+        }
+    };
+    match forwarded {
+        Ok((server, answer)) => relay(io, buf, start, &mut txn, &server, answer, client_timeout).await,
+        Err(Unanswered::Failed(f)) => {
+            let (status, text) = f.answer();
+            txn.answered_locally(status.as_u16(), f.termination());
+            local(io, &mut txn, status, text, req.plan.head_only, close, client_timeout).await
+        }
+        Err(Unanswered::Client(e)) => {
+            let (status, text, why) = match e {
+                ClientBodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large\n", *b"PR"),
+                ClientBodyError::Malformed => (StatusCode::BAD_REQUEST, "Bad request body\n", *b"CR"),
+                ClientBodyError::Gone => {
+                    txn.cut(*b"CD");
+                    return false;
+                }
+            };
+            txn.denied(status.as_u16(), why);
+            local(io, &mut txn, status, text, false, true, client_timeout).await
         }
     }
 }
 
-/// Sends the balancer's own answer for a failed forward.
-async fn answer_locally<S: ClientIo>(
+/// Sends the balancer's own answer; returns whether the connection stays open.
+async fn local<S: ClientIo>(
     io: &mut S,
-    f: Failure,
+    txn: &mut Txn,
+    status: StatusCode,
+    text: &str,
     head_only: bool,
     close: bool,
     client_timeout: Duration,
-) -> Outcome {
-    let (status, text) = f.answer();
+) -> bool {
     let sent = send(io, &local_answer(status, text, head_only, close), client_timeout).await;
-    Outcome {
-        status: status.as_u16(),
-        server: None,
-        timing: Timing::default(),
-        answered: false,
-        termination: f.termination(),
-        bytes: if head_only { 0 } else { text.len() as u64 },
-        retries: 0,
-        keep: sent && !close,
+    if !head_only {
+        txn.sent(text.len() as u64);
     }
-}
-
-/// A plain-text answer made by the balancer.
-fn local_answer(status: StatusCode, text: &str, head_only: bool, close: bool) -> Vec<u8> {
-    let reason = status.canonical_reason().unwrap_or("");
-    let connection = if close { "connection: close\r\n" } else { "" };
-    let body = if head_only { "" } else { text };
-    format!(
-        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{connection}\r\n{body}",
-        status.as_u16(),
-        text.len()
-    )
-    .into_bytes()
-}
-
-/// What the response head to the client gets besides the server's headers.
-#[derive(Clone, Copy)]
-struct Extras<'a> {
-    head_only: bool,
-    /// The `Set-Cookie` value sticking the client to the server that answers.
-    set_cookie: Option<&'a [u8]>,
-    close: bool,
-}
-
-/// A server's final response head, read and rewritten for the client.
-struct Answer {
-    conn: RawConn,
-    /// What was read from the server: the head, then the start of the body.
-    buf: Vec<u8>,
-    head: ResponseHead,
-    timing: Timing,
-}
-
-/// Sends the request on a pooled or new connection and reads the final response head,
-/// relaying interim (1xx) heads to the client on the way.
-async fn exchange<S: ClientIo>(
-    io: &mut S,
-    server: &Arc<Server>,
-    req: &Request,
-    idempotent: bool,
-    timeouts: &crate::config::Timeouts,
-    extras: Extras<'_>,
-) -> Result<Answer, AttemptError> {
-    let mut timing = Timing::default();
-    let (mut conn, reused) = match server.conns.take_raw() {
-        Some(c) => (c, true),
-        None => {
-            let stream =
-                dial(server, timeouts.connect, &mut timing).await.map_err(|_| AttemptError::Connect)?;
-            (RawConn { stream, timer: LazyTimer::new() }, false)
-        }
-    };
-    // A pooled connection the server closed as the request went out: the request did not reach
-    // it (or, for a method that may run twice, it may go again).
-    let lost = if reused && idempotent { AttemptError::Unsent } else { AttemptError::NoResponse };
-    let sending = std::time::Instant::now();
-    if conn.stream.write_all(&req.upstream).await.is_err() {
-        return Err(if reused { AttemptError::Unsent } else { AttemptError::NoResponse });
+    if sent {
+        txn.complete();
     }
-    let deadline = Instant::now() + timeouts.server;
-    let mut gone = std::pin::pin!(server.failed());
-    let mut buf = Vec::with_capacity(READ_SIZE);
-    let mut heard = false; // any byte of an answer (an interim head counts)
-    loop {
-        let head = loop {
-            match parse_response(&buf, extras) {
-                Ok(Some(head)) => break head,
-                Ok(None) => {}
-                Err(()) => return Err(AttemptError::BadResponse),
-            }
-            let RawConn { stream, timer } = &mut conn;
-            let read = tokio::select! {
-                biased;
-                () = gone.as_mut(), if idempotent => return Err(AttemptError::NoResponse),
-                r = read_until(stream, &mut buf, timer, deadline) => r,
-            };
-            match read {
-                Ok(Some(n)) if n > 0 => heard = true,
-                Ok(None) => return Err(AttemptError::Timeout),
-                _ if !heard => return Err(lost),
-                _ => return Err(AttemptError::NoResponse),
-            }
-        };
-        if !head.interim {
-            timing.response = sending.elapsed();
-            server.stats.response_time.observe(timing.response);
-            return Ok(Answer { conn, buf, head, timing });
-        }
-        // 100 Continue, 103 Early Hints…: the client gets them as they come.
-        if !send(io, &head.client_head, timeouts.client).await {
-            return Err(AttemptError::NoResponse);
-        }
-        buf.drain(..head.len);
-    }
+    sent && !close
 }
 
-/// Relays the response to the client; the connection goes back to the pool when its body was
-/// read to the end and the server keeps it open.
+/// Relays the server's answer to the client: its head, then its body by its framing; the server
+/// connection goes back to the pool when the body was read to its end with nothing after it.
+/// A `101` splices the two connections until either closes. Returns whether the client
+/// connection stays open.
 async fn relay<S: ClientIo>(
     io: &mut S,
-    server: Arc<Server>,
-    answer: Answer,
-    timeouts: &crate::config::Timeouts,
-) -> Outcome {
-    let (client_timeout, server_timeout) = (timeouts.client, timeouts.server);
-    let Answer { mut conn, mut buf, head, timing } = answer;
-    let mut body = head.body;
-    let mut out = head.client_head;
-    let (mut bytes, mut termination) = (0u64, *b"--");
-    // The body reached its end; and nothing followed it (else the server connection is not reused).
-    let (mut complete, mut clean) = (false, false);
-    let mut client_ok = true;
-    let mut start = head.len;
-    let mut status = head.status;
-    loop {
-        let (taken, done) = match body.take(&buf[start..]) {
+    buf: &mut Vec<u8>,
+    head_len: usize,
+    txn: &mut Txn,
+    server: &Arc<crate::server::Server>,
+    answer: Answer<Vec<u8>>,
+    client_timeout: Duration,
+) -> bool {
+    let Answer { mut conn, mut rest, head, fields, timing: _, cut_short } = answer;
+    let server_timeout = txn.frontend().timeouts.server;
+    let mut out = Vec::with_capacity(fields.len() + 64 + rest.len().min(READ_SIZE));
+    status_line(head.status, &mut out);
+    out.extend_from_slice(&fields);
+    if matches!(head.framing, Framing::Chunked(_)) {
+        out.field(b"transfer-encoding", b"chunked");
+    }
+    let close_client = head.close_client || cut_short;
+    if close_client && !head.switches() {
+        out.field(b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if head.switches() {
+        out.extend_from_slice(&rest);
+        if !send(io, &out, client_timeout).await {
+            return false;
+        }
+        txn.complete();
+        // Bytes the client sent after its request are the new protocol's.
+        let early = buf.split_off(head_len);
+        if !early.is_empty() && conn.stream.write_all(&early).await.is_err() {
+            return false;
+        }
+        if let Err(e) = tokio::io::copy_bidirectional(io, &mut conn.stream).await {
+            tracing::debug!(server = %crate::escape::Esc(&server.name), error = %e, "upgraded connection ended");
+        }
+        return false;
+    }
+    let mut framing = head.framing;
+    let mut bytes = 0u64;
+    let mut start = 0;
+    let (complete, clean) = loop {
+        let (taken, done) = match framing.take(&rest[start..]) {
             Ok(t) => t,
-            Err(()) if bytes == 0 && !out.is_empty() => {
+            Err(BadFraming) if bytes == 0 && !out.is_empty() => {
                 // Broken framing before anything went to the client: it gets a clean 502.
                 server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                let (code, text) = Failure::BadResponse.answer();
+                let f = Failure::BadResponse;
+                let (code, text) = f.answer();
+                txn.status(code.as_u16(), f.termination());
                 send(io, &local_answer(code, text, false, true), client_timeout).await;
-                (status, termination, bytes) =
-                    (code.as_u16(), Failure::BadResponse.termination(), text.len() as u64);
-                break;
+                txn.sent(text.len() as u64);
+                return false;
             }
-            Err(()) => {
+            Err(BadFraming) => {
                 server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                termination = *b"SD";
-                break;
+                txn.cut(*b"SD");
+                return false;
             }
         };
-        let extra = start + taken < buf.len();
-        out.extend_from_slice(&buf[start..start + taken]);
+        let extra = start + taken < rest.len();
+        out.extend_from_slice(&rest[start..start + taken]);
         bytes += taken as u64;
         if !send(io, &out, client_timeout).await {
-            client_ok = false;
-            termination = *b"CD";
-            break;
+            server.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            txn.sent(bytes);
+            txn.cut(*b"CD");
+            return false;
         }
         if done {
             // Bytes past the end of the body: the server is not speaking HTTP/1.1 properly.
-            (complete, clean) = (true, !extra);
-            break;
+            break (true, !extra);
         }
         out.clear();
-        buf.clear();
+        rest.clear();
         start = 0;
+        rest.reserve(READ_SIZE);
         let deadline = Instant::now() + server_timeout;
-        let RawConn { stream, timer } = &mut conn;
-        match read_until(stream, &mut buf, timer, deadline).await {
-            Ok(Some(n)) if n > 0 => {}
-            Ok(Some(_)) if matches!(body, Body::UntilClose) => break,
-            Ok(None) => {
-                termination = *b"sD";
-                break;
+        let crate::idle::RawConn { stream, timer } = &mut conn;
+        let read = tokio::select! {
+            biased;
+            r = stream.read_buf(&mut rest) => Some(r),
+            () = poll_fn(|cx| timer.poll_expired(cx, deadline)) => None,
+        };
+        match read {
+            Some(Ok(n)) if n > 0 => {}
+            Some(Ok(_)) if framing == Framing::UntilClose => break (true, false),
+            None => {
+                txn.cut(*b"sD");
+                break (false, false);
             }
             _ => {
                 server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                termination = *b"SD";
-                break;
+                txn.cut(*b"SD");
+                break (false, false);
             }
         }
-    }
+    };
     server.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-    if complete && clean && head.server_keeps {
-        server.conns.put_raw(conn);
+    txn.sent(bytes);
+    if complete {
+        txn.complete();
     }
-    Outcome {
-        status,
-        server: Some(server),
-        timing,
-        answered: true,
-        termination,
-        bytes,
-        retries: 0,
-        keep: client_ok && complete && !head.close_client,
+    if complete && clean && head.server_keeps && !cut_short {
+        server.conns.put(conn);
     }
-}
-
-/// How a response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Body {
-    /// None (HEAD, 1xx, 204, 304).
-    Empty,
-    /// This many bytes are still to come.
-    Length(u64),
-    /// Chunked, relayed as it is.
-    Chunked(Chunks),
-    /// Everything up to the end of the connection.
-    UntilClose,
-}
-
-impl Body {
-    /// How many of `bytes` belong to the body, and whether the body is complete after them.
-    fn take(&mut self, bytes: &[u8]) -> Result<(usize, bool), ()> {
-        match self {
-            Body::Empty => Ok((0, true)),
-            Body::Length(left) => {
-                let n = (*left).min(bytes.len() as u64);
-                *left -= n;
-                Ok((n as usize, *left == 0))
-            }
-            Body::Chunked(c) => c.scan(bytes),
-            Body::UntilClose => Ok((bytes.len(), false)),
-        }
-    }
-}
-
-/// Where a chunked body stands: only the framing is read, to know where the body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunks {
-    Size { digits: u8, size: u64 },
-    Extension { size: u64 },
-    SizeEnd { size: u64 },
-    Data(u64),
-    DataCr,
-    DataLf,
-    TrailerStart,
-    Trailer,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-impl Chunks {
-    fn new() -> Chunks {
-        Chunks::Size { digits: 0, size: 0 }
-    }
-
-    /// Reads `bytes` as chunked framing: how many belong to the body, and whether it has ended.
-    fn scan(&mut self, bytes: &[u8]) -> Result<(usize, bool), ()> {
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            *self = match *self {
-                Chunks::Done => return Ok((i, true)),
-                Chunks::Data(left) => {
-                    let n = left.min((bytes.len() - i) as u64);
-                    i += n as usize;
-                    *self = if n == left { Chunks::DataCr } else { Chunks::Data(left - n) };
-                    continue;
-                }
-                Chunks::Size { digits, size } => match (b as char).to_digit(16) {
-                    Some(d) if digits < 15 => {
-                        Chunks::Size { digits: digits + 1, size: size << 4 | u64::from(d) }
-                    }
-                    None if digits > 0 && matches!(b, b';' | b' ' | b'\t') => Chunks::Extension { size },
-                    None if digits > 0 && b == b'\r' => Chunks::SizeEnd { size },
-                    _ => return Err(()),
-                },
-                Chunks::Extension { size } => match b {
-                    b'\r' => Chunks::SizeEnd { size },
-                    b'\n' => return Err(()),
-                    _ => Chunks::Extension { size },
-                },
-                Chunks::SizeEnd { size: 0 } if b == b'\n' => Chunks::TrailerStart,
-                Chunks::SizeEnd { size } if b == b'\n' => Chunks::Data(size),
-                Chunks::DataCr if b == b'\r' => Chunks::DataLf,
-                Chunks::DataLf if b == b'\n' => Chunks::new(),
-                Chunks::TrailerStart if b == b'\r' => Chunks::EndLf,
-                Chunks::TrailerStart | Chunks::Trailer if b != b'\r' && b != b'\n' => Chunks::Trailer,
-                Chunks::Trailer if b == b'\r' => Chunks::TrailerLf,
-                Chunks::TrailerLf if b == b'\n' => Chunks::TrailerStart,
-                Chunks::EndLf if b == b'\n' => Chunks::Done,
-                _ => return Err(()),
-            };
-            i += 1;
-        }
-        Ok((i, *self == Chunks::Done))
-    }
-}
-
-/// A response head from a server, rewritten for the client.
-struct ResponseHead {
-    /// Its length in the server's bytes.
-    len: usize,
-    status: u16,
-    /// 1xx other than 101: another head follows.
-    interim: bool,
-    body: Body,
-    /// The server keeps the connection open after this response.
-    server_keeps: bool,
-    /// The client connection closes after this response.
-    close_client: bool,
-    /// The head to send to the client.
-    client_head: Vec<u8>,
-}
-
-/// Parses a response head from `buf`: `None` while incomplete, `Err` when it is not a valid
-/// HTTP/1 response head (or is one a request without `Upgrade` cannot get: 101).
-fn parse_response(buf: &[u8], extras: Extras<'_>) -> Result<Option<ResponseHead>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => return Ok(None),
-        _ => return Err(()),
-    };
-    let (Some(status), Some(version)) = (resp.code, resp.version) else { return Err(()) };
-    if status == 101 || !(100..600).contains(&status) {
-        return Err(());
-    }
-    let interim = status < 200;
-    let (mut length, mut chunked, mut encoded, mut server_closes) = (None, false, false, version == 0);
-    let mut named: Vec<&[u8]> = Vec::new();
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(());
-            }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            encoded = true;
-            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-            chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    server_closes = true;
-                } else if version == 0 && token.eq_ignore_ascii_case(b"keep-alive") {
-                    server_closes = false;
-                }
-                named.push(token);
-            }
-        }
-    }
-    if encoded && length.is_some() {
-        return Err(()); // an ambiguous length: the framing of what follows cannot be trusted
-    }
-    let body = if interim || status == 204 || status == 304 || extras.head_only {
-        Body::Empty
-    } else if chunked {
-        Body::Chunked(Chunks::new())
-    } else if encoded {
-        Body::UntilClose
-    } else {
-        length.map_or(Body::UntilClose, Body::Length)
-    };
-    let close_client = !interim && (extras.close || body == Body::UntilClose);
-    let sticky = extras.set_cookie.filter(|_| !interim);
-
-    let mut out = Vec::with_capacity(len + 64);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let name = h.name;
-        if is_hop_by_hop(name)
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-            || (sticky.is_some() && name.eq_ignore_ascii_case("cache-control"))
-        {
-            continue;
-        }
-        push_header(&mut out, name.as_bytes(), h.value);
-    }
-    if matches!(body, Body::Chunked(_)) {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if let Some(cookie) = sticky {
-        push_header(&mut out, b"set-cookie", cookie);
-        out.extend_from_slice(b"cache-control: private\r\n");
-    }
-    if close_client {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(Some(ResponseHead {
-        len,
-        status,
-        interim,
-        body,
-        server_keeps: !server_closes && body != Body::UntilClose,
-        close_client,
-        client_head: out,
-    }))
+    complete && !close_client
 }
 
 /// A client stream with bytes already read put back in front, for the general path.
@@ -904,108 +697,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PLAIN: Extras<'static> = Extras { head_only: false, set_cookie: None, close: false };
-
-    fn head(raw: &[u8], extras: Extras<'_>) -> ResponseHead {
-        parse_response(raw, extras).expect("valid").expect("complete")
-    }
-
-    #[test]
-    fn chunked_framing_is_found_however_the_bytes_are_split() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
-        for split in 0..=body.len() {
-            let mut c = Chunks::new();
-            let (a, done_a) = c.scan(&body[..split]).unwrap();
-            assert_eq!((a, done_a), (split, split == body.len()), "split at {split}");
-            let (b, done) = c.scan(&body[split..]).unwrap();
-            assert_eq!(a + b, body.len(), "split at {split}");
-            assert!(done, "split at {split}");
-        }
-        // What follows the last chunk is not the body's.
-        let mut c = Chunks::new();
-        assert_eq!(c.scan(b"0\r\n\r\nHTTP/1.1 200 OK").unwrap(), (5, true));
-    }
-
-    #[test]
-    fn bad_chunk_framing_is_an_error() {
-        for bad in
-            [&b"zz\r\n"[..], b"5\r\nhelloXY", b"\r\n", b"5\nhello", b"11111111111111111\r\n", b"0\r\n\r\r"]
-        {
-            assert!(Chunks::new().scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn response_framing_follows_the_rfc() {
-        assert_eq!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", PLAIN).body, Body::Length(5));
-        assert_eq!(head(b"HTTP/1.1 204 No Content\r\n\r\n", PLAIN).body, Body::Empty);
-        assert_eq!(head(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", PLAIN).body, Body::Empty);
-        let head_only = Extras { head_only: true, ..PLAIN };
-        assert_eq!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head_only).body, Body::Empty);
-        let chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", PLAIN);
-        assert!(matches!(chunked.body, Body::Chunked(_)));
-        assert!(chunked.server_keeps);
-        let until_close = head(b"HTTP/1.1 200 OK\r\n\r\n", PLAIN);
-        assert_eq!(until_close.body, Body::UntilClose);
-        assert!(until_close.close_client && !until_close.server_keeps);
-        assert!(String::from_utf8_lossy(&until_close.client_head).contains("connection: close\r\n"));
-        // HTTP/1.0 servers close unless they say keep-alive.
-        assert!(!head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", PLAIN).server_keeps);
-        assert!(
-            head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", PLAIN)
-                .server_keeps
-        );
-        assert!(
-            !head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", PLAIN).server_keeps
-        );
-        assert!(head(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", PLAIN).interim);
-    }
-
-    #[test]
-    fn ambiguous_or_foreign_responses_are_refused() {
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\n",
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
-            b"this is not HTTP at all\r\n\r\n",
-        ] {
-            assert!(parse_response(bad, PLAIN).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", PLAIN).unwrap().is_none());
-    }
-
-    #[test]
-    fn the_client_head_loses_hop_by_hop_headers_and_gains_the_sticky_cookie() {
-        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\n\
-                    X-Internal: secret\r\nCache-Control: public\r\nX-App: Kept\r\nContent-Length: 0\r\n\r\n";
-        let sticky = Extras { set_cookie: Some(b"SERVERID=web-1; Path=/"), ..PLAIN };
-        let text = String::from_utf8(head(raw, sticky).client_head).unwrap();
-        assert_eq!(
-            text,
-            "HTTP/1.1 200 OK\r\nX-App: Kept\r\nContent-Length: 0\r\nset-cookie: SERVERID=web-1; Path=/\r\n\
-             cache-control: private\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn local_answers_are_complete_messages() {
-        let text =
-            String::from_utf8(local_answer(StatusCode::SERVICE_UNAVAILABLE, "No server\n", false, true))
-                .unwrap();
-        assert_eq!(
-            text,
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 10\r\n\
-             connection: close\r\n\r\nNo server\n"
-        );
-        let head_only = local_answer(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout\n", true, false);
-        assert!(head_only.ends_with(b"content-length: 16\r\n\r\n"));
     }
 }

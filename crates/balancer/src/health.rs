@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::config::HealthConfig;
 use crate::escape::Esc;
-use crate::pool::{CheckResult, CheckStatus, Health, Server};
+use crate::server::{CheckResult, CheckStatus, Health, Server};
 
 const NEWCOMER_INTERVAL: Duration = Duration::from_millis(200);
 

@@ -16,20 +16,28 @@
 //! with an opaque per-server cookie ([`sticky`]), and every output that carries
 //! member data escapes it ([`escape`]).
 
-pub mod access_log;
-pub mod admin;
-pub mod admission;
-pub mod cidr;
-pub mod config;
+mod access_log;
+mod admin;
+mod admission;
+mod cidr;
+mod codec;
+mod config;
 mod conn;
+mod forward;
+mod frontend;
+mod general;
 mod h1;
 mod health;
+mod idle;
 mod limits;
-pub mod pool;
-pub mod proxy;
+mod metrics;
+mod pipeline;
+mod pool;
 mod retry;
-pub mod stats;
-pub mod sticky;
+mod select;
+mod server;
+mod stats;
+mod sticky;
 mod tls;
 mod upstream;
 
@@ -48,14 +56,23 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-pub use config::{Algorithm, BalancerConfig, ConfigError, PoolConfig};
+pub use access_log::{AccessLog, Format as AccessLogFormat, Record as AccessRecord};
+pub use admin::MAX_LINE as ADMIN_MAX_LINE;
+pub use config::{
+    AdminConfig, Algorithm, BalancerConfig, ConfigError, FrontendConfig, HealthConfig, Limits, MAX_WEIGHT,
+    PassiveConfig, PoolConfig, RetryOn, Route, Timeouts, TlsConfig,
+};
 pub use h1::ClientIo;
-pub use health::check_once;
+pub use health::{CheckError, check_once};
+pub use metrics::{FrontendStats, Histogram, LATENCY_BUCKETS, Rate, ServerStats};
+pub use pool::{Change, Override, Pool};
+pub use select::View;
+pub use server::{Admin, CheckResult, CheckStatus, Health, Server};
+pub use sticky::token as sticky_token;
 
 use crate::conn::{GuardedIo, IoTimeouts};
 use crate::escape::Esc;
-use crate::pool::{Change, Pool};
-use crate::proxy::{ConnCtx, Frontend, FrontendStats, RouteRule};
+use crate::frontend::{ConnCtx, Frontend, RouteRule};
 use shoal_gossip::escape;
 
 /// Errors from starting or reloading.
@@ -265,6 +282,12 @@ impl Balancer {
 
     fn next_id(&self) -> u32 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs one runtime API command (HAProxy's syntax, as on the admin socket) and returns its
+    /// answer.
+    pub fn command(&self, line: &str) -> String {
+        admin::execute(self, line)
     }
 
     /// When the balancer started.
@@ -710,7 +733,7 @@ where
 {
     let client = ctx.client;
     // Boxed: an idle keep-alive connection then holds a pointer, not a whole request's state.
-    let svc = service_fn(move |req| Box::pin(proxy::handle(req, ctx.clone())));
+    let svc = service_fn(move |req| Box::pin(general::handle(req, ctx.clone())));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Half-closed clients (`shutdown(SHUT_WR)` after the request, as `nc -N` does) still get
     // their answer, as from HAProxy; hyper would otherwise drop the request on that EOF.

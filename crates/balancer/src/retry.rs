@@ -11,7 +11,10 @@ use std::time::Instant;
 use http::StatusCode;
 
 use crate::config::RetryOn;
-use crate::pool::{Pool, Server, View};
+use crate::metrics::FrontendStats;
+use crate::pool::Pool;
+use crate::select::View;
+use crate::server::Server;
 
 /// Re-sends of a request that provably never left (on a pooled connection that had just died).
 const MAX_RESENDS: u32 = 2;
@@ -127,11 +130,6 @@ impl<'p> Attempts<'p> {
         }
     }
 
-    /// Whether a copy of the request should be kept for another attempt.
-    pub fn may_need_copy(&self) -> bool {
-        self.can_retry && self.attempts + 1 < self.max_attempts
-    }
-
     /// Retries made so far.
     pub fn retried(&self) -> u32 {
         self.retried
@@ -150,14 +148,13 @@ impl<'p> Attempts<'p> {
         if self.sticky_missed && self.attempts == 0 && self.resends == 0 {
             server.stats.redispatches.fetch_add(1, Ordering::Relaxed);
         }
-        let active = server.active.fetch_add(1, Ordering::Relaxed) + 1;
-        server.stats.max_active.fetch_max(active, Ordering::Relaxed);
+        server.acquire();
         server.sent(now);
         Some(server)
     }
 
     /// The answer when no server is left: the last failure seen (counted as "no server").
-    pub fn exhausted(&self, fe: &crate::proxy::FrontendStats) -> Failure {
+    pub fn exhausted(&self, fe: &FrontendStats) -> Failure {
         fe.no_server.fetch_add(1, Ordering::Relaxed);
         self.last_failure
     }
@@ -171,7 +168,7 @@ impl<'p> Attempts<'p> {
         }
         let retry = matches!(status, 502..=504) && self.may_retry(RetryOn::Gateway);
         if retry {
-            server.active.fetch_sub(1, Ordering::Relaxed);
+            server.release();
             self.note_retry(server.clone());
         }
         retry
@@ -179,7 +176,7 @@ impl<'p> Attempts<'p> {
 
     /// An attempt on `server` failed for `why`: what to do next.
     pub fn failed(&mut self, server: Arc<Server>, why: AttemptError) -> Next {
-        server.active.fetch_sub(1, Ordering::Relaxed);
+        server.release();
         match why {
             AttemptError::Unsent if self.resends < MAX_RESENDS => {
                 self.resends += 1;

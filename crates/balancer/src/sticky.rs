@@ -8,9 +8,6 @@
 
 use std::fmt::Write as _;
 
-use http::HeaderMap;
-use http::header;
-
 /// SipHash keys: fixed (not secret) so that every balancer agrees on every token.
 const KEYS: (u64, u64) = (0x7368_6f61_6c2d_7374, 0x6963_6b79_2d76_3031); // "shoal-st", "icky-v01"
 
@@ -79,11 +76,6 @@ pub fn parse_token(value: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(value, 16).ok()
-}
-
-/// The value of cookie `name` in the request's Cookie headers.
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    cookie_in(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()), name)
 }
 
 /// The value of cookie `name` among Cookie header values.

@@ -1,238 +1,121 @@
-//! Connections to backend servers: a keep-alive pool per server and one request exchange.
+//! One exchange with a server over HTTP/1.1, for every client protocol: send the request head
+//! and its body on a pooled (or new) connection, read the final response head (relaying
+//! interim ones), and, for the general path, the response body as a hyper body.
 //!
-//! Each server keeps a stack of idle HTTP/1.1 connections. A request takes one
-//! (or dials a new one), and the connection goes back on the stack only when
-//! its response body has been read to the end — so a connection is never
-//! shared by two requests and a half-read response never poisons the next one.
-//! Requests use origin-form URIs, exactly as the client sent them.
+//! The head comes ready-made from the pipeline ([`crate::pipeline::upstream_head`]); the
+//! response head is parsed by [`crate::codec::parse_response`] into the adapter's own sink.
+//! What went wrong is said as an [`AttemptError`], which the retry policy turns into the next
+//! step.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use std::future::Future;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use crate::conn::LazyTimer;
-use crate::pool::Server;
+use crate::codec::{Dechunker, Extras, Framing, HeaderSink, ResponseHead, parse_response};
+use crate::config::Timeouts;
+use crate::idle::RawConn;
+use crate::retry::AttemptError;
+use crate::server::Server;
 
-/// Idle connections kept per server.
-const MAX_IDLE: usize = 512;
-/// An idle connection older than this is not reused (the server may close it any moment).
-const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
+/// Room made for each read from a server.
+const READ_SIZE: usize = 16 * 1024;
 
-/// The body sent upstream: streamed from the client, or buffered so it can be retried.
-#[derive(Debug)]
-pub enum ProxyBody {
-    /// Streamed as it arrives.
-    Stream(crate::limits::LimitedBody),
-    /// Held in memory (small, retryable).
-    Buffered(Full<Bytes>),
+/// How long the parts of one exchange took.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Timing {
+    /// Opening a new connection (none when a pooled one was reused).
+    pub(crate) connect: Option<Duration>,
+    /// From sending the request to the response head.
+    pub(crate) response: Duration,
 }
 
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+/// What is wrong with a client's request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientBodyError {
+    /// Larger than `limits.max_body_bytes` (413).
+    TooLarge,
+    /// Malformed framing (400).
+    Malformed,
+    /// The client went away or stopped sending (nothing to answer).
+    Gone,
+}
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Stream(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Buffered(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Stream(b) => b.is_end_stream(),
-            ProxyBody::Buffered(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Stream(b) => b.size_hint(),
-            ProxyBody::Buffered(b) => b.size_hint(),
-        }
+/// A request body read from the client as it is sent upstream: once it has started, it
+/// cannot be sent again.
+pub(crate) trait BodyStream: Send {
+    /// The next bytes to send, framed as the head announced; `None` after the last.
+    fn next(&mut self) -> impl Future<Output = Result<Option<&[u8]>, ClientBodyError>> + Send;
+    /// Whether any of it has been taken from the client.
+    fn started(&self) -> bool;
+    /// Whether there is anything to stream at all.
+    fn streams(&self) -> bool {
+        true
     }
 }
 
-type Sender = SendRequest<ProxyBody>;
-/// The connection's I/O future (hyper's type for it, with upgrade support, cannot be named).
-type Driver = dyn Future<Output = hyper::Result<()>> + Send;
+/// No body to stream (the whole request is in its head bytes).
+pub(crate) struct NoBody;
 
-/// One connection to a server: the handle to send on, and the I/O driver.
-///
-/// The driver is polled by whoever uses the connection (the request, then its
-/// response body), not by a task of its own: no cross-task wake-up per request.
-/// An idle connection in the pool is not polled at all.
-pub struct Upstream {
-    sender: Sender,
-    driver: Pin<Box<Driver>>,
-    closed: bool,
-    /// Server timeout.
-    timer: LazyTimer,
-}
-
-impl Upstream {
-    /// Drives the connection's I/O; returns whether it is still open.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
-            self.closed = true;
-        }
-        !self.closed
+impl BodyStream for NoBody {
+    async fn next(&mut self) -> Result<Option<&[u8]>, ClientBodyError> {
+        Ok(None)
     }
 
-    /// Hands the connection to a task of its own (after an upgrade, which needs the driver to finish).
-    fn detach(self) {
-        let driver = self.driver;
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::trace!(error = %e, "upstream connection ended");
-            }
-        });
+    fn started(&self) -> bool {
+        false
+    }
+
+    fn streams(&self) -> bool {
+        false
     }
 }
 
-/// A plain connection to a server, for the HTTP/1 fast path (which reads and writes it itself).
-pub(crate) struct RawConn {
-    /// The socket.
-    pub stream: TcpStream,
-    /// Server timeout.
-    pub timer: LazyTimer,
+/// Where interim (1xx) response heads go: an HTTP/1 client gets them, others drop them.
+pub(crate) trait Interim<S>: Send {
+    /// Passes one on (its status and the fields the client gets); false when the client is gone.
+    fn relay(&mut self, status: u16, fields: S) -> impl Future<Output = bool> + Send;
 }
 
-impl RawConn {
-    /// Whether the server has closed (or written to) it while it sat idle: a read that would
-    /// block means it is still good to send on.
-    fn is_quiet(&self) -> bool {
-        matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
+/// Drops interim heads.
+pub(crate) struct DropInterim;
 
-/// Idle connections of one kind, newest on top; none is kept past [`MAX_IDLE_AGE`].
-struct IdleStack<C>(std::sync::Mutex<Vec<(C, Instant)>>);
-
-impl<C> Default for IdleStack<C> {
-    fn default() -> Self {
-        IdleStack(std::sync::Mutex::new(Vec::new()))
-    }
-}
-
-impl<C> IdleStack<C> {
-    /// The newest connection young enough that `usable` accepts (older ones are dropped).
-    fn take(&self, usable: impl Fn(&C) -> bool) -> Option<C> {
-        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((c, since)) = idle.pop() {
-            if since.elapsed() < MAX_IDLE_AGE && usable(&c) {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    /// Keeps a connection, unless [`MAX_IDLE`] are kept already.
-    fn put(&self, c: C) {
-        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push((c, Instant::now()));
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().map(|v| v.len()).unwrap_or(0)
-    }
-
-    fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
-
-/// Idle keep-alive connections to one server: hyper's for the general path, plain sockets for
-/// the HTTP/1 fast path.
-#[derive(Default)]
-pub struct ConnPool {
-    idle: IdleStack<Upstream>,
-    raw: IdleStack<RawConn>,
-}
-
-impl std::fmt::Debug for ConnPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnPool").field("idle", &self.idle.len()).field("raw", &self.raw.len()).finish()
-    }
-}
-
-impl ConnPool {
-    fn take(&self) -> Option<Upstream> {
-        self.idle.take(|s| !s.closed)
-    }
-
-    fn put(&self, s: Upstream) {
-        if !s.closed && !s.sender.is_closed() {
-            self.idle.put(s);
-        }
-    }
-
-    /// An idle plain connection that is still open, if there is one.
-    pub(crate) fn take_raw(&self) -> Option<RawConn> {
-        self.raw.take(RawConn::is_quiet)
-    }
-
-    /// Keeps a plain connection whose last response was read to its end.
-    pub(crate) fn put_raw(&self, c: RawConn) {
-        self.raw.put(c);
-    }
-
-    /// Drops every idle connection (the server is gone).
-    pub fn clear(&self) {
-        self.idle.clear();
-        self.raw.clear();
+impl<S: Send> Interim<S> for DropInterim {
+    async fn relay(&mut self, _: u16, _: S) -> bool {
+        true
     }
 }
 
 /// Why an exchange failed.
-#[derive(Debug)]
-pub enum UpstreamError {
-    /// No connection could be made; the request, untouched, comes back to go elsewhere.
-    Connect(Box<Request<ProxyBody>>, std::io::Error),
-    /// The request was never sent; here it is back, to try elsewhere.
-    Unsent(Box<Request<ProxyBody>>, hyper::Error),
-    /// The connection died before any response byte.
-    NoResponse(hyper::Error),
-    /// The server answered something that is not HTTP.
-    BadResponse(hyper::Error),
-    /// The server took too long.
-    Timeout,
-    /// Gossip declared the server failed while the request waited for its answer.
-    ServerFailed,
-    /// The client's request body failed (malformed chunk, too large, client gone).
-    ClientBody(hyper::Error),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExchangeError {
+    /// The attempt failed on the server's side: the retry policy decides.
+    Attempt(AttemptError),
+    /// The client's body failed: the request is over.
+    Client(ClientBodyError),
 }
 
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamError::Connect(_, e) => write!(f, "connect: {e}"),
-            UpstreamError::Unsent(_, e) => write!(f, "not sent: {e}"),
-            UpstreamError::NoResponse(e) => write!(f, "connection closed before the response: {e}"),
-            UpstreamError::BadResponse(e) => write!(f, "invalid response: {e}"),
-            UpstreamError::Timeout => f.write_str("server timeout"),
-            UpstreamError::ServerFailed => {
-                f.write_str("the server was declared failed while the request waited")
-            }
-            UpstreamError::ClientBody(e) => write!(f, "client request body: {e}"),
-        }
-    }
+/// A server's final response head, read; its body follows on `conn`.
+#[derive(Debug)]
+pub(crate) struct Answer<S> {
+    pub(crate) conn: RawConn,
+    /// What was read from the server past the head: the start of the body.
+    pub(crate) rest: BytesMut,
+    pub(crate) head: ResponseHead,
+    /// The fields the client gets, in the adapter's sink.
+    pub(crate) fields: S,
+    pub(crate) timing: Timing,
+    /// The server answered before the whole request was sent: neither connection can carry
+    /// another request.
+    pub(crate) cut_short: bool,
 }
 
 /// Opens a TCP connection to a server (Nagle off) within `timeout`; the time it took is
@@ -241,7 +124,7 @@ pub(crate) async fn dial(
     server: &Server,
     timeout: Duration,
     timing: &mut Timing,
-) -> Result<TcpStream, std::io::Error> {
+) -> std::io::Result<TcpStream> {
     let started = std::time::Instant::now();
     let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
         .await
@@ -253,190 +136,291 @@ pub(crate) async fn dial(
     Ok(stream)
 }
 
-async fn connect(
-    server: &Server,
-    timeout: Duration,
-    timing: &mut Timing,
-) -> Result<Upstream, std::io::Error> {
-    let stream = dial(server, timeout, timing).await?;
-    // One flat buffer per flush: a request head and a small body leave in one `send`,
-    // cheaper in the kernel than `writev` over several slices.
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    Ok(Upstream { sender, driver: Box::pin(conn.with_upgrades()), closed: false, timer: LazyTimer::new() })
-}
-
-/// Waits until the connection can take a request, driving it meanwhile.
-async fn ready(up: &mut Upstream) -> bool {
-    std::future::poll_fn(|cx| {
-        let open = up.drive(cx);
-        match up.sender.poll_ready(cx) {
-            Poll::Ready(r) => Poll::Ready(r.is_ok() && open),
-            Poll::Pending if !open => Poll::Ready(false),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
-}
-
-/// How long the parts of one exchange took.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timing {
-    /// Opening a new connection (none when a pooled one was reused).
-    pub connect: Option<Duration>,
-    /// From sending the request to the response head.
-    pub response: Duration,
-}
-
-/// Sends `req` to `server` and waits for the response head (bounded by `server_timeout`).
-pub async fn exchange(
+/// Sends `request` (the head, with a buffered body after it) and then `body`'s bytes to
+/// `server`, and reads the final response head, bounded by the server timeout. A 1xx head
+/// goes to `interim`; the final head's fields for the client go to a fresh `S`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn exchange<S: HeaderSink + Default + Send>(
     server: &Arc<Server>,
-    req: Request<ProxyBody>,
-    connect_timeout: Duration,
-    server_timeout: Duration,
-) -> Result<(Response<Incoming>, Upstream, Timing), UpstreamError> {
-    let pooled = match server.conns.take() {
-        Some(mut up) => ready(&mut up).await.then_some(up),
-        None => None,
-    };
+    request: &[u8],
+    body: &mut impl BodyStream,
+    idempotent: bool,
+    timeouts: &Timeouts,
+    extras: Extras<'_>,
+    interim: &mut impl Interim<S>,
+) -> Result<Answer<S>, ExchangeError> {
+    use AttemptError::*;
     let mut timing = Timing::default();
-    let mut up = match pooled {
-        Some(up) => up,
-        None => match connect(server, connect_timeout, &mut timing).await {
-            Ok(up) => up,
-            Err(e) => return Err(UpstreamError::Connect(Box::new(req), e)),
+    let (mut conn, reused) = match server.conns.take() {
+        Some(c) => (c, true),
+        None => match dial(server, timeouts.connect, &mut timing).await {
+            Ok(stream) => (RawConn::new(stream), false),
+            Err(_) => return Err(ExchangeError::Attempt(Connect)),
         },
     };
+    server.stats.bytes_in.fetch_add(request.len() as u64, Ordering::Relaxed);
     let sending = std::time::Instant::now();
-    let deadline = tokio::time::Instant::now() + server_timeout;
-    let req_method = req.method().clone();
-    let mut response = std::pin::pin!(up.sender.try_send_request(req));
-    // An idempotent request stops waiting when gossip declares the server failed (it will be
-    // retried elsewhere); any other keeps waiting: the host may be frozen, not gone, and would
-    // still answer — sending it elsewhere could run it twice, and a 502 would cost it for nothing.
-    let idempotent = crate::proxy::is_idempotent(&req_method);
+    if conn.stream.write_all(request).await.is_err() {
+        // A pooled connection the server closed as the request went out: it did not get it.
+        return Err(ExchangeError::Attempt(if reused { Unsent } else { NoResponse }));
+    }
+    let mut rest = BytesMut::new();
+    let mut cut_short = false;
+    let mut early: Option<(ResponseHead, S)> = None;
+    while let Some(bytes) = body.next().await.map_err(ExchangeError::Client)? {
+        server.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        match tokio::time::timeout(timeouts.server, conn.stream.write_all(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ExchangeError::Attempt(NoResponse)),
+            Err(_) => return Err(ExchangeError::Attempt(Timeout)),
+        }
+        // A server may answer before it has read the whole body (a 413, a redirect): then it
+        // is not waiting for the rest.
+        if conn.stream.try_read_buf(&mut rest).is_ok_and(|n| n > 0) {
+            let mut fields = S::default();
+            if let Ok(Some(head)) = parse_response(&rest, extras, &mut fields)
+                && !head.interim
+            {
+                cut_short = true;
+                early = Some((head, fields));
+                break;
+            }
+        }
+    }
+    // The body has gone: a connection found dead now may have delivered the request.
+    let lost = if reused && idempotent && !body.started() { Unsent } else { NoResponse };
+    let deadline = Instant::now() + timeouts.server;
     let mut gone = std::pin::pin!(server.failed());
-    let (driver, closed, timer) = (&mut up.driver, &mut up.closed, &mut up.timer);
-    let sent = std::future::poll_fn(|cx| {
-        if idempotent && gone.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(None));
+    let mut heard = !rest.is_empty(); // any byte of an answer (an interim head counts)
+    let (head, fields) = loop {
+        if let Some(done) = early.take() {
+            break done;
         }
-        // Drive the connection first: it writes the request and reads the answer.
-        if !*closed && driver.as_mut().poll(cx).is_ready() {
-            *closed = true;
-        }
-        if let Poll::Ready(r) = response.as_mut().poll(cx) {
-            return Poll::Ready(Some(Some(r)));
-        }
-        if timer.poll_expired(cx, deadline).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await;
-    match sent {
-        None => Err(UpstreamError::Timeout),
-        Some(None) => Err(UpstreamError::ServerFailed),
-        Some(Some(Ok(resp))) => {
-            timing.response = sending.elapsed();
-            server.stats.response_time.observe(timing.response);
-            Ok((resp, up, timing))
-        }
-        Some(Some(Err(mut e))) => {
-            let msg = e.take_message();
-            let err = e.into_error();
-            if let Some(req) = msg {
-                return Err(UpstreamError::Unsent(Box::new(req), err));
+        let mut fields = S::default();
+        match parse_response(&rest, extras, &mut fields) {
+            Ok(Some(head)) if head.interim => {
+                // 100 Continue, 103 Early Hints…: passed on as they come.
+                if !interim.relay(head.status, fields).await {
+                    return Err(ExchangeError::Attempt(NoResponse));
+                }
+                rest.advance(head.len);
+                continue;
             }
-            if err.is_parse() || err.is_parse_status() {
-                Err(UpstreamError::BadResponse(err))
-            } else if err.is_user() || err.is_body_write_aborted() {
-                Err(UpstreamError::ClientBody(err))
-            } else {
-                Err(UpstreamError::NoResponse(err))
+            Ok(Some(head)) => break (head, fields),
+            Ok(None) => {}
+            Err(_) => return Err(ExchangeError::Attempt(BadResponse)),
+        }
+        rest.reserve(READ_SIZE);
+        let RawConn { stream, timer } = &mut conn;
+        // An idempotent request stops waiting when gossip declares the server failed (it is
+        // retried elsewhere); any other keeps waiting: the host may be frozen, not gone, and
+        // would still answer — sending it elsewhere could run it twice.
+        let read = std::future::poll_fn(|cx| {
+            if idempotent && gone.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(NoResponse));
             }
+            if let Poll::Ready(r) = poll_read_buf(stream, cx, &mut rest) {
+                return Poll::Ready(Ok(r));
+            }
+            timer.poll_expired(cx, deadline).map(|()| Err(Timeout))
+        })
+        .await
+        .map_err(ExchangeError::Attempt)?;
+        match read {
+            Ok(n) if n > 0 => heard = true,
+            _ if !heard => return Err(ExchangeError::Attempt(lost)),
+            _ => return Err(ExchangeError::Attempt(NoResponse)),
+        }
+    };
+    timing.response = sending.elapsed();
+    server.stats.response_time.observe(timing.response);
+    rest.advance(head.len);
+    Ok(Answer { conn, rest, head, fields, timing, cut_short })
+}
+
+/// Reads what the socket has into `buf` (0 at the end of the stream).
+fn poll_read_buf(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    loop {
+        match stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return Poll::Ready(r),
         }
     }
 }
 
-/// The response body streamed back to the client: drives its connection,
-/// counts bytes, and returns the connection to the pool once the body has been
-/// read to its end.
-pub struct UpstreamBody {
-    inner: Incoming,
+/// Why a response body read from a server stopped short.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// The server closed the connection or broke the framing.
+    #[error("the server broke the response body")]
+    Broken,
+    /// The server sent nothing for the server timeout.
+    #[error("the server sent nothing for the server timeout")]
+    Timeout,
+}
+
+/// A response body read from a server, for the general path: framing taken off (chunked
+/// decoded, trailers passed on), bytes counted, and the connection given back to the server's
+/// pool once the body was read to its end with nothing after it.
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    conn: Option<RawConn>,
     server: Arc<Server>,
-    conn: Option<Upstream>,
+    rest: BytesMut,
+    framing: Framing,
+    dechunk: Option<Dechunker>,
+    /// The connection may carry another request once this body is done.
+    reusable: bool,
+    server_timeout: Duration,
+    deadline: Option<Instant>,
+    /// A chunked body's trailers, sent after its data.
+    trailers: Option<http::HeaderMap>,
     done: bool,
 }
 
 impl UpstreamBody {
-    /// Wraps a response body from `server` arriving on `conn`.
-    pub fn new(inner: Incoming, server: Arc<Server>, conn: Option<Upstream>) -> UpstreamBody {
-        UpstreamBody { inner, server, conn, done: false }
+    /// The body of `answer`, from `server`.
+    pub(crate) fn new<S>(answer: Answer<S>, server: Arc<Server>, server_timeout: Duration) -> UpstreamBody {
+        let dechunk = matches!(answer.head.framing, Framing::Chunked(_)).then(Dechunker::new);
+        let mut body = UpstreamBody {
+            reusable: answer.head.server_keeps && !answer.cut_short,
+            conn: Some(answer.conn),
+            server,
+            rest: answer.rest,
+            framing: answer.head.framing,
+            dechunk,
+            server_timeout,
+            deadline: None,
+            trailers: None,
+            done: false,
+        };
+        if body.framing.is_done() {
+            body.finish();
+        }
+        body
     }
 
-    /// For an upgrade: the connection goes to a task of its own, which completes the upgrade.
-    pub fn detach(&mut self) {
-        if let Some(c) = self.conn.take() {
-            c.detach();
+    /// The body is over: the connection goes back if nothing followed it.
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(c) = self.conn.take()
+            && self.reusable
+            && self.rest.is_empty()
+        {
+            self.server.conns.put(c);
         }
+    }
+
+    fn broken(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
+        self.conn = None;
+        self.done = true;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// The next frame from what has been read, if any.
+    fn frame(&mut self) -> Result<Option<Frame<Bytes>>, BodyError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let data = match &mut self.framing {
+            Framing::Empty => return Ok(None),
+            Framing::Length(left) => {
+                let n = (*left).min(self.rest.len() as u64) as usize;
+                *left -= n as u64;
+                self.rest.split_to(n).freeze()
+            }
+            Framing::UntilClose => self.rest.split().freeze(),
+            Framing::Chunked(_) => {
+                let Some(d) = &mut self.dechunk else { return Err(BodyError::Broken) };
+                let mut out = Vec::new();
+                let (used, ended) = d.decode(&self.rest, &mut out).map_err(|_| BodyError::Broken)?;
+                self.rest.advance(used);
+                if ended {
+                    self.framing = Framing::Empty;
+                    self.trailers = d.trailers();
+                }
+                if out.is_empty() {
+                    return Ok(None);
+                }
+                Bytes::from(out)
+            }
+        };
+        self.server.stats.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(Some(Frame::data(data)))
     }
 }
 
-impl Body for UpstreamBody {
+impl hyper::body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(c) = this.conn.as_mut() {
-            c.drive(cx);
-        }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.server.stats.bytes_out.fetch_add(d.len() as u64, Ordering::Relaxed);
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.frame() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) if this.framing.is_done() => {
+                    this.finish();
+                    return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+                }
+                Ok(None) => {}
+                Err(e) => return this.broken(e),
+            }
+            let Some(conn) = this.conn.as_mut() else { return this.broken(BodyError::Broken) };
+            this.rest.reserve(READ_SIZE);
+            match poll_read_buf(&conn.stream, cx, &mut this.rest) {
+                Poll::Ready(Ok(0)) if this.framing == Framing::UntilClose => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return this.broken(BodyError::Broken),
+                Poll::Ready(Ok(_)) => this.deadline = None,
+                Poll::Pending => {
+                    let deadline = *this.deadline.get_or_insert_with(|| Instant::now() + this.server_timeout);
+                    if conn.timer.poll_expired(cx, deadline).is_ready() {
+                        return this.broken(BodyError::Timeout);
+                    }
+                    return Poll::Pending;
                 }
             }
-            Poll::Ready(None) => {
-                this.done = true;
-                if let Some(c) = this.conn.take() {
-                    this.server.conns.put(c);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                this.server.stats.response_errors.fetch_add(1, Ordering::Relaxed);
-                this.conn = None;
-            }
-            Poll::Pending => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Empty => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // An empty body (HEAD, 204, 304) may never be polled: it is complete all the same.
-        if !self.done
-            && self.inner.is_end_stream()
-            && let Some(c) = self.conn.take()
-        {
-            self.server.conns.put(c);
+        // hyper may stop polling once it has all the bytes a length announced.
+        if !self.done && self.framing.is_done() {
+            self.finish();
         }
     }
 }

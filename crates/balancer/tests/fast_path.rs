@@ -237,7 +237,7 @@ async fn the_upstream_head_is_the_clients_minus_hop_by_hop_plus_forwarding() {
     h.set(vec![member("scripted", server, Alive, &[])]);
     h.wait_serving(1).await;
     let mut s = TcpStream::connect(h.front).await.unwrap();
-    let token = shoal_balancer::sticky::token("scripted");
+    let token = shoal_balancer::sticky_token("scripted");
     s.write_all(
         format!(
             "GET /length?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: 7\r\nConnection: keep-alive\r\n\

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shoal_agent::Membership;
-use shoal_balancer::admin::execute;
-use shoal_balancer::sticky::token;
+use shoal_balancer::sticky_token as token;
 use shoal_balancer::{Balancer, BalancerConfig, PoolConfig};
 use shoal_gossip::MemberStatus::Alive;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,7 +86,7 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn info_value(b: &Balancer, key: &str) -> String {
-    let info = execute(b, "show info");
+    let info = b.command("show info");
     let prefix = format!("{key}: ");
     info.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -151,7 +150,7 @@ async fn nasty_harness() -> (Harness, Vec<tokio::task::JoinHandle<()>>) {
 #[tokio::test]
 async fn show_servers_state_keeps_one_line_of_fixed_fields_per_server() {
     let (h, _t) = nasty_harness().await;
-    let out = execute(&h.balancer, "show servers state");
+    let out = h.balancer.command("show servers state");
     let lines: Vec<&str> = out.lines().collect();
     let columns = lines[1].trim_start_matches("# ").split(' ').count();
     assert_eq!(lines.len(), 4, "version, header, two servers: {out}");
@@ -165,7 +164,7 @@ async fn show_servers_state_keeps_one_line_of_fixed_fields_per_server() {
 #[tokio::test]
 async fn the_stats_csv_keeps_one_row_per_server_and_json_carries_the_exact_name() {
     let (h, _t) = nasty_harness().await;
-    for csv in [execute(&h.balancer, "show stat"), {
+    for csv in [h.balancer.command("show stat"), {
         let url = format!("http://{}/;csv", h.balancer.stats_addr().unwrap());
         get(&client(), &url, &[]).await.2
     }] {
@@ -178,7 +177,7 @@ async fn the_stats_csv_keeps_one_row_per_server_and_json_carries_the_exact_name(
         );
         assert!(row.contains(&token(NASTY)), "the cookie column shows the token: {row}");
     }
-    let json: serde_json::Value = serde_json::from_str(&execute(&h.balancer, "show stat json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&h.balancer.command("show stat json")).unwrap();
     let rows = json.as_array().unwrap();
     let row = rows.iter().find(|r| r["svname"] == NASTY).expect("the exact name, JSON-escaped");
     assert_eq!(row["tags"]["note"], "tag\nvalue <i>");
@@ -300,7 +299,7 @@ async fn members_pointing_at_metadata_or_the_balancer_itself_are_refused_logged_
         Some("127.0.0.1:0".parse().unwrap()),
     );
     cfg.admin.listen = Some("127.0.0.1:0".parse().unwrap());
-    cfg.access_log = shoal_balancer::access_log::Format::Off;
+    cfg.access_log = shoal_balancer::AccessLogFormat::Off;
     let h = Harness::with_config(cfg).await;
     let b = &h.balancer;
     let (app, _t) = echo_backend("honest").await;
@@ -437,7 +436,7 @@ async fn an_operators_weight_is_not_capped_by_the_share() {
     let (b, _t2) = echo_backend("b").await;
     h.set(vec![member("web-a", a, Alive, &[]), member("web-b", b, Alive, &[])]);
     h.wait_serving(2).await;
-    assert_eq!(execute(&h.balancer, "set server backend/web-a weight 3"), "");
+    assert_eq!(h.balancer.command("set server backend/web-a weight 3"), "");
     let seen = answers(&h, 40).await;
     assert_eq!(seen["a"], 30, "3:1 as the operator said: {seen:?}");
 }
@@ -506,7 +505,7 @@ fn stats_config(timeout: Duration) -> BalancerConfig {
     );
     cfg.timeouts.request_headers = timeout;
     cfg.timeouts.keepalive = timeout;
-    cfg.access_log = shoal_balancer::access_log::Format::Off;
+    cfg.access_log = shoal_balancer::AccessLogFormat::Off;
     cfg
 }
 
@@ -591,7 +590,7 @@ async fn an_overlong_admin_line_is_refused_and_the_connection_closed() {
     let h = Harness::with_config(admin_config(4)).await;
     let admin = h.balancer.admin_addr().unwrap();
     let mut s = TcpStream::connect(admin).await.unwrap();
-    let line = vec![b'a'; shoal_balancer::admin::MAX_LINE + 1];
+    let line = vec![b'a'; shoal_balancer::ADMIN_MAX_LINE + 1];
     s.write_all(&line).await.unwrap();
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.expect("closed").unwrap();

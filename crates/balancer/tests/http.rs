@@ -10,7 +10,7 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use shoal_balancer::config::TlsConfig;
+use shoal_balancer::TlsConfig;
 use shoal_balancer::{BalancerConfig, PoolConfig};
 use shoal_gossip::MemberStatus::Alive;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -268,7 +268,7 @@ async fn reload_applies_new_routes_keeps_connections_and_refuses_bad_configs() {
     let mut api_pool = PoolConfig::new("api", "api", 3000);
     api_pool.health.interval = Duration::from_millis(200);
     next.pools.push(api_pool);
-    next.frontends[0].routes.push(shoal_balancer::config::Route {
+    next.frontends[0].routes.push(shoal_balancer::Route {
         host: None,
         path_prefix: Some("/api/".into()),
         pool: "api".into(),

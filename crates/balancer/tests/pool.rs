@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use shoal_balancer::Admin;
 use shoal_balancer::PoolConfig;
-use shoal_balancer::pool::Admin;
-use shoal_balancer::sticky::token;
+use shoal_balancer::sticky_token as token;
 use shoal_gossip::MemberStatus::{Alive, Failed, Leaving, Left};
 
 fn pool() -> PoolConfig {

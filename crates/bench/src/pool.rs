@@ -16,7 +16,7 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use shoal_agent::Membership;
-use shoal_balancer::pool::Pool;
+use shoal_balancer::Pool;
 use shoal_balancer::{Balancer, BalancerConfig, PoolConfig};
 use shoal_gossip::{Member, MemberStatus};
 use tokio::net::TcpListener;
@@ -195,7 +195,7 @@ async fn burst(args: &Args) -> anyhow::Result<()> {
     let mut pool = PoolConfig::new("backend", "backend", 3000);
     pool.health.interval = Duration::from_secs(2);
     let mut cfg = BalancerConfig::simple(vec!["127.0.0.1:0".parse()?], pool, None);
-    cfg.access_log = shoal_balancer::access_log::Format::Off;
+    cfg.access_log = shoal_balancer::AccessLogFormat::Off;
     let first = n - args.burst;
     let (tx, rx) = watch::channel(membership(&members[..first]));
     let balancer = Balancer::start(cfg, rx).await?;

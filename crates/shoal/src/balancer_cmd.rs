@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use shoal_agent::Agent;
-use shoal_balancer::access_log::Format;
+use shoal_balancer::AccessLogFormat;
 use shoal_balancer::{Balancer, BalancerConfig, PoolConfig};
 use shoal_rpc::{LogTap, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,7 +24,7 @@ pub fn balancer_config(args: &BalancerArgs, log_json: bool) -> anyhow::Result<Ba
     pool.health.interval = args.health_interval;
     pool.health.enabled = !args.no_health_checks;
     let mut cfg = BalancerConfig::simple(args.listen.clone(), pool, Some(args.stats));
-    cfg.access_log = if log_json { Format::Json } else { Format::HttpLog };
+    cfg.access_log = if log_json { AccessLogFormat::Json } else { AccessLogFormat::HttpLog };
     apply_flags(&mut cfg, args);
     cfg.validate()?;
     Ok(cfg)

@@ -496,7 +496,7 @@ pub struct BalancerArgs {
     pub stats_token: Option<String>,
     /// Access log on stdout: httplog (HAProxy's format), json, or off [default: httplog, json with --log-json].
     #[arg(long, env = "SHOAL_ACCESS_LOG", value_parser = parse_access_log)]
-    pub access_log: Option<shoal_balancer::access_log::Format>,
+    pub access_log: Option<shoal_balancer::AccessLogFormat>,
     /// Unix socket of the runtime API (HAProxy's `show stat`, `set server`, …); "none" turns it off.
     #[arg(long, env = "SHOAL_ADMIN_SOCKET", default_value = "/run/shoal/admin.sock")]
     pub admin_socket: String,
@@ -516,7 +516,7 @@ pub struct BalancerArgs {
     pub threads: Option<usize>,
 }
 
-fn parse_access_log(s: &str) -> Result<shoal_balancer::access_log::Format, String> {
+fn parse_access_log(s: &str) -> Result<shoal_balancer::AccessLogFormat, String> {
     s.parse()
 }
 

@@ -54,7 +54,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     pool.health.interval = Duration::from_secs(1);
     let mut cfg = BalancerConfig::simple(vec![args.listen], pool, Some(args.stats));
     // The demo's terminal shows server changes; the access log would drown them.
-    cfg.access_log = shoal_balancer::access_log::Format::Off;
+    cfg.access_log = shoal_balancer::AccessLogFormat::Off;
     let socket = std::env::temp_dir().join(format!("shoal-demo-{}.sock", std::process::id()));
     cfg.admin.socket = Some(socket.clone());
     let balancer = Balancer::start(cfg, lb_agent.handle().members())

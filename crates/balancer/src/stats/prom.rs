@@ -22,8 +22,9 @@ use shoal_gossip::{DropReason, MemberStatus};
 
 use super::rows::state_name;
 use crate::Balancer;
-use crate::pool::{Histogram, LATENCY_BUCKETS, Pool, Server};
-use crate::proxy::FrontendStats;
+use crate::metrics::{FrontendStats, Histogram, LATENCY_BUCKETS};
+use crate::pool::Pool;
+use crate::server::Server;
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

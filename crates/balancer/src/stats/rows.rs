@@ -12,7 +12,8 @@ use std::time::Instant;
 use shoal_gossip::{MemberStatus, Tags};
 
 use crate::Balancer;
-use crate::pool::{Admin, Health, Pool, Server};
+use crate::pool::Pool;
+use crate::server::{Admin, Health, Server};
 
 /// HAProxy's stats fields, in order (`show stat` / `;csv`), as HAProxy 2.6 prints them.
 pub const FIELDS: [&str; 103] = [
@@ -269,7 +270,7 @@ impl Snapshot {
     }
 }
 
-fn frontend_row(name: &str, fe: &crate::proxy::FrontendStats, limit: usize, now: Instant) -> Row {
+fn frontend_row(name: &str, fe: &crate::metrics::FrontendStats, limit: usize, now: Instant) -> Row {
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let second = fe.second(now);
     let mut r = Row::new(Kind::Frontend, name, "FRONTEND");
@@ -383,8 +384,8 @@ fn server_row(pool: &Pool, s: &Arc<Server>, now: Instant) -> Row {
     r
 }
 
-fn check_desc(s: crate::pool::CheckStatus) -> &'static str {
-    use crate::pool::CheckStatus::*;
+fn check_desc(s: crate::server::CheckStatus) -> &'static str {
+    use crate::server::CheckStatus::*;
     match s {
         Passed => "Layer7 check passed",
         WrongStatus => "Layer7 wrong status",

@@ -57,7 +57,7 @@ impl Harness {
             pool,
             Some("127.0.0.1:0".parse().unwrap()),
         );
-        cfg.access_log = shoal_balancer::access_log::Format::Off;
+        cfg.access_log = shoal_balancer::AccessLogFormat::Off;
         Harness::with_config(cfg).await
     }
 
