@@ -143,7 +143,11 @@ fn balancer_follows_gossip_reloads_on_sighup_and_drains_on_sigterm() {
     let (status, _) = exchange(&mut kept, "POST", "/delay", "x", r#"{"delay":800}"#);
     assert_eq!(status, 200);
     let in_flight = std::thread::spawn(move || get(front, "x"));
-    std::thread::sleep(Duration::from_millis(300));
+    // The request is in flight once web-1 counts it (`scur`; the kept connection is idle).
+    let serving =
+        || csv_servers(&stats_csv(stats)).iter().any(|f| f[0] == "app" && f[1] == "web-1" && f[4] != "0");
+    let seen = wait_for(Duration::from_secs(10), || serving() || in_flight.is_finished());
+    assert!(seen.is_some() && !in_flight.is_finished(), "the request is seen in flight at web-1");
     lb.signal("TERM");
     let (status, body) = in_flight.join().unwrap();
     assert_eq!(status, 200, "the in-flight request finished: {body}");

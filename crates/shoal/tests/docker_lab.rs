@@ -132,6 +132,16 @@ impl Lab {
         t.elapsed()
     }
 
+    /// Waits until the pool has no row for `server` at all (its member left or failed), not
+    /// only no longer UP.
+    fn wait_removed(&self, server: &str, within: Duration) {
+        let ok = wait_for(within, || {
+            let pool = self.pool();
+            !pool.is_empty() && !pool.contains_key(server)
+        });
+        assert!(ok.is_some(), "{server} is still in the pool: {:?}", self.pool());
+    }
+
     fn logs(&self, short: &str) -> String {
         let out = Command::new("docker").args(["logs", &self.name(short)]).output();
         out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
@@ -141,20 +151,7 @@ impl Lab {
 
 /// Server rows of a balancer's stats CSV: name → status.
 fn pool(stats: SocketAddr) -> HashMap<String, String> {
-    let Ok(mut s) = TcpStream::connect(stats) else { return HashMap::new() };
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let _ = s.write_all(b"GET /;csv HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n");
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.len() > 17 && f[0] == "backend" && f[1] != "BACKEND")
-                .then(|| (f[1].to_string(), f[17].to_string()))
-        })
-        .collect()
+    csv_servers(&stats_csv(stats)).into_iter().map(|f| (f[1].clone(), f[17].clone())).collect()
 }
 
 /// The servers UP, sorted.
@@ -255,6 +252,13 @@ impl Client {
         self.since(t).iter().find(|s| matches!(&s.result, Ok((200, h)) if h == host)).map(|s| s.at)
     }
 
+    /// Waits until `n` requests have completed since `t`: one at a time, so all but the first
+    /// of them were sent after `t`, and every request sent before `t` has been recorded.
+    fn wait_requests_since(&self, t: Instant, n: usize) {
+        let ok = wait_for(Duration::from_secs(30), || self.since(t).len() >= n);
+        assert!(ok.is_some(), "the client completed {} requests since, not {n}", self.since(t).len());
+    }
+
     fn wait_served_by(&self, host: &str, t: Instant) -> Duration {
         let ok = wait_for(Duration::from_secs(30), || self.first_from(host, t).is_some());
         assert!(ok.is_some(), "{host} never served a request");
@@ -325,7 +329,11 @@ fn the_reference_lab_replayed_in_docker() {
     let t3 = Instant::now();
     docker(&["stop", &lab.name("s2")]);
     lab.wait_up(&["s1", "s3", "s4"], Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(1));
+    // Failures would come from requests in flight while s2 went: wait until it is out of the
+    // pool altogether, then until the client has gone through that and made two requests of
+    // each method against the pool without it.
+    lab.wait_removed("s2", Duration::from_secs(15));
+    client.wait_requests_since(Instant::now(), 6);
     let failed = failures(&client.since(t3), None);
     assert!(failed.is_empty(), "docker stop s2 cost failed requests: {failed:?}");
     figures.push(format!(
@@ -343,7 +351,10 @@ fn the_reference_lab_replayed_in_docker() {
         "docker kill s3: out of the pool {} ms after `docker kill` was called",
         out.as_millis()
     ));
-    std::thread::sleep(Duration::from_secs(2));
+    // Until gossip declares s3 failed, it is in the pool, DOWN: the window where a GET could
+    // still meet it. Wait until it is gone, then for requests against the pool without it.
+    lab.wait_removed("s3", Duration::from_secs(30));
+    client.wait_requests_since(Instant::now(), 6);
     let failed = failures(&client.since(t4), Some(Method::Get));
     assert!(failed.is_empty(), "docker kill s3 cost failed GETs: {failed:?}");
     assert!(out <= Duration::from_secs(10), "s3 out of the pool after {out:?}");
@@ -391,7 +402,11 @@ fn the_reference_lab_replayed_in_docker() {
     }
     lab.start_web("s5");
     lab.start_web("s6");
-    std::thread::sleep(Duration::from_secs(2));
+    // Both agents have tried to join `ha` and failed: `ha` really comes after them.
+    for short in ["s5", "s6"] {
+        let tried = wait_for(Duration::from_secs(30), || lab.logs(short).contains("join failed; retrying"));
+        assert!(tried.is_some(), "{short} tried to join the missing ha:\n{}", lab.logs(short));
+    }
     // A new `ha` container (the old one's name is free again).
     let t6 = Instant::now();
     lab.start_ha();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Serf, addr, free_port, require, wait_for, wait_for_async};
+use common::{Serf, addr, free_port, require, wait_for, wait_for_async, wait_for_with};
 use shoal_agent::{Agent, AgentConfig, AgentHandle, JoinTarget};
 use shoal_gossip::{DropReason, MemberStatus, Profile};
 
@@ -49,13 +49,18 @@ async fn serf_members_with_injected_names_or_tags_stay_out_of_the_shoal_view() {
     wait_for_async(WAIT, || status_in(&h, "serf-good") == Some(MemberStatus::Alive))
         .await
         .expect("the honest Serf member is in the Shoal view");
-    // Refusals are counted; neither rogue ever enters the view.
-    let stats = h.stats().await.unwrap();
-    assert!(
-        stats.gossip.dropped.get(&DropReason::Refused).copied().unwrap_or(0) >= 2,
-        "{:?}",
-        stats.gossip.dropped
-    );
+    // Refusals are counted (one for each rogue at least): only then is their absence news.
+    let refused = || {
+        let h = h.clone();
+        async move { h.stats().await.unwrap().gossip.dropped.get(&DropReason::Refused).copied().unwrap_or(0) }
+    };
+    let counted = wait_for_with(WAIT, || {
+        let n = refused();
+        async move { n.await >= 2 }
+    })
+    .await;
+    assert!(counted.is_some(), "{:?}", h.stats().await.unwrap().gossip.dropped);
+    // Neither rogue ever enters the view.
     let names: Vec<String> = h.members().borrow().members.iter().map(|m| m.name.to_string()).collect();
     assert_eq!(names, ["serf-good", "shoal-h1"]);
 

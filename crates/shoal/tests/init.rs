@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,11 @@ fn lines_with(text: &str, what: &str) -> usize {
     text.lines().filter(|l| l.contains(what)).count()
 }
 
+/// Lines holding `what` after the first line holding `mark` (none if there is no such line).
+fn lines_after(text: &str, mark: &str, what: &str) -> usize {
+    text.lines().skip_while(|l| !l.contains(mark)).skip(1).filter(|l| l.contains(what)).count()
+}
+
 #[test]
 fn services_run_after_init_scripts_restart_a_second_apart_and_obey_finish_and_down() {
     let l = Layout::new("supervise");
@@ -110,8 +115,11 @@ fn services_run_after_init_scripts_restart_a_second_apart_and_obey_finish_and_do
     for pair in starts.windows(2) {
         assert!(pair[1] - pair[0] >= 950_000_000, "restarts at least a second apart: {starts:?}");
     }
-    // `once` ran twice, then its finish said 125: it stays down.
-    std::thread::sleep(Duration::from_millis(1500));
+    // `once` ran twice, then its finish said 125: it stays down. A restart would come one
+    // restart delay after its last start; `flaky`, restarted every delay, starting three more
+    // times after `once` was done shows that much time went by for the supervisor.
+    let ok = wait_for(Duration::from_secs(15), || lines_after(&l.log(), "once done", "flaky start") >= 3);
+    assert!(ok.is_some(), "flaky kept restarting after once was done:\n{}", l.log());
     assert_eq!(lines_with(&l.log(), "once start"), 2, "{}", l.log());
     assert_eq!(lines_with(&l.log(), "disabled start"), 0, "a `down` service is not started");
     assert_eq!(lines_with(&l.log(), "sleeper start"), 1, "a running service is left alone");
@@ -221,11 +229,34 @@ fn the_agent_stops_before_the_app_and_stubborn_services_are_killed_after_the_gra
 fn orphans_are_reaped_and_the_main_commands_exit_code_is_the_containers() {
     let l = Layout::new("main");
     // Each run leaves an orphan that exits soon after: re-parented to init, which must reap it.
-    l.script("services.d/forker/run", "sh -c 'sleep 0.2 &' ; echo forked >> $EVENTS; exec sleep 1000");
-    let (mut init, _) = l.start(&["--", "sh", "-c", "sleep 1.5; exit 7"]);
+    l.script(
+        "services.d/forker/run",
+        "sh -c 'sleep 0.2 & echo orphan $! >> $EVENTS'; echo forked >> $EVENTS; exec sleep 1000",
+    );
+    // The main command runs until the test says so (30 s at most): init is still there to be
+    // looked at.
+    let go = l.root.join("go");
+    let main = format!(
+        "i=0; while [ ! -e {} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; exit 7",
+        go.display()
+    );
+    let (mut init, _) = l.start(&["--", "sh", "-c", &main]);
     l.wait_log("forked");
-    std::thread::sleep(Duration::from_millis(600));
+    let orphan: u32 = l
+        .log()
+        .lines()
+        .find_map(|x| x.strip_prefix("orphan ")?.parse().ok())
+        .expect("the service wrote its orphan's pid");
+    // Exited, the orphan is a zombie until its parent (init, by now) reaps it: gone means reaped.
+    let reaped = wait_for(Duration::from_secs(15), || !Path::new(&format!("/proc/{orphan}")).exists());
+    assert!(
+        reaped.is_some(),
+        "the orphan {orphan} was not reaped: zombies under init {:?}",
+        zombies_of(init.pid())
+    );
+    assert!(matches!(init.child.try_wait(), Ok(None)), "init still runs");
     assert_eq!(zombies_of(init.pid()), Vec::<u32>::new(), "no zombie left under init");
+    std::fs::write(&go, "").unwrap();
     assert_eq!(init.wait_exit(Duration::from_secs(20)), Some(7), "the main command's exit code");
 }
 

@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Serf, addr, free_port, require, shoal_agent, wait_for, wait_for_async};
+use common::{
+    Serf, addr, free_port, require, shoal_agent, shoal_agent_logged, wait_for, wait_for_async, wait_for_with,
+};
 use shoal_agent::{Agent, AgentConfig, AgentHandle, JoinTarget};
 use shoal_gossip::{MemberStatus, Profile, Tags};
 
@@ -124,13 +126,22 @@ async fn encrypted_mixed_cluster_in_both_directions() {
 
     // A Serf agent with another key cannot get in, and nothing it sends is accepted.
     let wrong = Serf::start("serf-wrong", &["-encrypt=AAAAAAAAAAAAAAAAAAAAAA=="]);
+    let dropped = || {
+        let h = a.handle();
+        async move { h.stats().await.unwrap().gossip.dropped_total() }
+    };
+    let before = dropped().await;
     let join = wrong.cli(&["join", &a.local_addr().to_string()]);
     assert!(!join.status.success(), "a wrong-key join is refused");
-    std::thread::sleep(Duration::from_secs(2));
+    // The stranger's traffic reached shoal-c1 and was dropped: only then is its absence news.
+    let counted = wait_for_with(WAIT, || {
+        let now = dropped();
+        async move { now.await > before }
+    })
+    .await;
+    assert!(counted.is_some(), "the stranger's traffic was dropped and counted");
     assert_eq!(status_in(&a.handle(), "serf-wrong"), None);
     assert_eq!(wrong.status_of("shoal-c1"), None);
-    let stats = a.handle().stats().await.unwrap();
-    assert!(stats.gossip.dropped_total() > 0, "the stranger's traffic was dropped and counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,8 +239,17 @@ async fn join_by_host_name_and_retry_until_the_seed_exists() {
     }
     // The shoal agent starts first and keeps retrying `localhost:PORT` until Serf is there.
     let port = free_port();
-    let agent = shoal_agent("shoal-early", addr(free_port()), &["--join", &format!("localhost:{port}")]);
-    std::thread::sleep(Duration::from_secs(2));
+    let (agent, log) =
+        shoal_agent_logged("shoal-early", addr(free_port()), &["--join", &format!("localhost:{port}")]);
+    // It has tried and failed at least twice: it is retrying, and the seed really comes later.
+    let retrying = wait_for(WAIT, || {
+        std::fs::read_to_string(&log).unwrap_or_default().matches("join failed; retrying").count() >= 2
+    });
+    assert!(
+        retrying.is_some(),
+        "the early agent retries: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let serf = {
         let rpc = addr(free_port());
         let child = std::process::Command::new("serf")

@@ -400,9 +400,10 @@ fn the_reference_template_renders_unchanged_beside_real_serf_and_haproxy_accepts
     let check = Command::new("haproxy").args(["-c", "-f"]).arg(&dest).output().unwrap();
     assert!(check.status.success(), "HAProxy accepts it: {}", String::from_utf8_lossy(&check.stderr));
 
-    // Unchanged output: nothing is written (the file is not even touched).
-    let before = std::fs::metadata(&dest).unwrap().modified().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    // Unchanged output: nothing is written (the file is not even touched). Its time is set in
+    // the past first, so that any write shows, however soon it comes.
+    let before = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options().write(true).open(&dest).unwrap().set_modified(before).unwrap();
     let again = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(["render", "--once", &format!("--rpc-addr={}", serf.rpc)])
         .arg(format!("--template={}:{}", template.display(), dest.display()))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Proc, Serf, addr, free_port, require, shoal_agent, wait_for};
+use common::{Lines, Proc, Serf, addr, free_port, require, shoal_agent, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -130,13 +130,22 @@ fn the_serf_cli_drives_a_shoal_agent() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let lines = Lines::collect(monitor.stdout.take().unwrap());
+    // The monitor shows only what is logged after it attached: a probe event is sent until
+    // the monitor shows one, then the event under test, once.
+    let attached = wait_for(WAIT, || {
+        let shown = lines.so_far().iter().any(|l| l.contains("monitor-probe"));
+        if !shown {
+            serf_cli(&a.rpc, &["event", "monitor-probe"]);
+        }
+        shown
+    });
+    assert!(attached.is_some(), "the monitor attached: {:?}", lines.so_far());
     serf_cli(&serf.rpc, &["event", "from-serf"]);
-    std::thread::sleep(Duration::from_secs(3));
+    let seen = lines.wait(WAIT, |l| l.contains("from-serf"));
     let _ = monitor.kill();
-    let out = monitor.wait_with_output().unwrap();
-    let text = stdout(&out);
-    assert!(text.contains("from-serf"), "monitor saw the event: {text}");
+    let _ = monitor.wait();
+    assert!(seen.is_some(), "monitor saw the event: {:?}", lines.finish());
 
     // keys without encryption: every member reports it
     let keys = serf_cli(&a.rpc, &["keys", "-list"]);
@@ -381,7 +390,14 @@ fn key_rotation_in_a_mixed_cluster_keeps_membership() {
 
     let list = stdout(&serf_cli(&a.rpc, &["keys", "-list"]));
     assert!(list.contains(new) && list.contains("[4/4]") && !list.contains(old), "{list}");
-    std::thread::sleep(Duration::from_secs(3));
+    // With the old key gone everywhere, every member still hears and answers a Shoal agent
+    // and a Serf agent: a query from each is acknowledged by all four.
+    for rpc in [a.rpc, s1.rpc] {
+        let acked = wait_for(WAIT, || {
+            stdout(&serf_cli(&rpc, &["query", "-timeout=3s", "after-rotation"])).contains("Total Acks: 4")
+        });
+        assert!(acked.is_some(), "all four acknowledge a query from {rpc} with the new key alone");
+    }
     assert!(all_alive(&a.rpc) && all_alive(&s1.rpc), "membership survived the rotation");
     let saved = std::fs::read_to_string(&ring).unwrap();
     assert!(saved.contains(new) && !saved.contains(old), "keyring file follows: {saved}");
@@ -427,7 +443,12 @@ fn snapshot_rejoins_known_members_without_replaying_events() {
     serf_cli(&serf.rpc, &["event", "-coalesce=false", "before-restart"]);
     wait_for(WAIT, || std::fs::read_to_string(&events).unwrap_or_default().contains("before-restart"))
         .expect("ran");
-    std::thread::sleep(Duration::from_secs(1)); // the snapshot flushes every 500 ms
+    // The snapshot is flushed every 500 ms: kill only once it holds the event's clock (the
+    // only user event so far).
+    let recorded = wait_for(WAIT, || {
+        std::fs::read_to_string(&snap).unwrap_or_default().lines().any(|l| l.starts_with("event-clock: "))
+    });
+    assert!(recorded.is_some(), "the snapshot records the event clock");
     first.signal("KILL");
     drop(first);
 

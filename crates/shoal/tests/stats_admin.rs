@@ -513,7 +513,15 @@ fn runtime_api_steers_servers_and_the_state_survives_churn() {
         "web-1 is back in the pool"
     );
     assert_eq!(servers_state(&socket)["web-1"].1, 0x08, "still draining after it rejoined");
-    std::thread::sleep(Duration::from_millis(600)); // several health-check intervals: it would be UP by now
+    // The rejoined server starts unchecked; once its health checks pass it is running (op
+    // state 2): the moment it would take traffic again if the drain had been lost.
+    assert!(
+        wait_for(Duration::from_secs(15), || servers_state(&socket).get("web-1").is_some_and(|s| s.0 == 2))
+            .is_some(),
+        "the rejoined web-1 passed its health checks: {}",
+        admin(&socket, "show servers state")
+    );
+    assert_eq!(servers_state(&socket)["web-1"].1, 0x08, "still draining once UP");
     assert_eq!(tally(c.front, 10).get("web-1"), None, "the rejoined server stays drained");
 
     // Ready: traffic comes back.

@@ -10,11 +10,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -63,16 +61,9 @@ fn image_present() {
     );
 }
 
-/// Server rows of a balancer's stats CSV: name → status (HAProxy's layout, field 17).
+/// Server rows of a balancer's stats CSV: name → status.
 fn pool_of_csv(csv: &str) -> BTreeMap<String, String> {
-    csv.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.len() > 17 && f[0] == "backend" && f[1] != "BACKEND")
-                .then(|| (f[1].to_string(), f[17].to_string()))
-        })
-        .collect()
+    csv_servers(csv).into_iter().map(|f| (f[1].clone(), f[17].clone())).collect()
 }
 
 fn up_of(pool: &BTreeMap<String, String>) -> BTreeSet<String> {
@@ -103,8 +94,7 @@ struct Requests {
     container: String,
     stop_file: String,
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    lines: Option<Lines>,
 }
 
 // Busybox's `wget -T` crashes in Debian's static build: `timeout` bounds each request instead.
@@ -131,39 +121,36 @@ impl Requests {
             .stderr(Stdio::null())
             .spawn()
             .expect("docker exec runs");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (out, sink) = (child.stdout.take().unwrap(), lines.clone());
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Requests { container: container.to_string(), stop_file, child, lines, reader: Some(reader) }
+        let lines = Some(Lines::collect(child.stdout.take().unwrap()));
+        Requests { container: container.to_string(), stop_file, child, lines }
+    }
+
+    /// How many requests the loop has finished so far.
+    fn done(&self) -> usize {
+        self.lines.as_ref().map_or(0, Lines::count)
+    }
+
+    /// Waits until the loop has finished `n` more requests than `done` (one at a time: the
+    /// last of them was sent after `done` was read).
+    fn wait_more(&self, done: usize, n: usize, within: Duration) {
+        let ok = wait_for(within, || self.done() >= done + n);
+        assert!(ok.is_some(), "the client loop finished {} requests, not {}", self.done() - done, n);
     }
 
     /// Stops the loop (if it still runs) and returns its lines.
     fn finish(mut self) -> Vec<String> {
         let _ = Command::new("docker").args(["exec", &self.container, "touch", &self.stop_file]).output();
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(Duration::from_secs(30), || !matches!(self.child.try_wait(), Ok(None)));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        self.lines.lock().unwrap().clone()
+        self.lines.take().map(Lines::finish).unwrap_or_default()
     }
 
     /// `count` requests; the hosts that answered, and the failures.
     fn run(container: &str, url: &str, count: usize) -> (Vec<String>, Vec<String>) {
         let mut requests = Requests::start(container, url, count);
         // Each request is bounded by `timeout 10`.
-        let end = Instant::now() + Duration::from_secs(10 + count as u64);
-        while Instant::now() < end && matches!(requests.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(Duration::from_secs(10 + count as u64), || !matches!(requests.child.try_wait(), Ok(None)));
         let lines = requests.finish();
         let hosts = lines.iter().filter_map(|l| l.strip_prefix("ok ")).map(str::to_string).collect();
         let failed = lines.iter().filter(|l| !l.starts_with("ok ")).cloned().collect();
@@ -570,12 +557,16 @@ fn swarm_stack_deploys_scales_and_is_removed_cleanly() {
 
     // 4. Scaled down to 2 under a client loop: the three that go leave first; no request fails.
     let running = Requests::start(&client.0, "http://ha/", 0);
-    std::thread::sleep(Duration::from_millis(500));
+    running.wait_more(0, 5, Duration::from_secs(30));
     let t = Instant::now();
     docker(&["service", "scale", "--detach", &format!("{}=2", stack.service("web"))]);
     wait_up(2, Duration::from_secs(40));
     let down = t.elapsed();
-    std::thread::sleep(Duration::from_millis(500));
+    // The three are out of ha's pool altogether (their leave went through, not only their
+    // health checks), then the loop goes on against the pool of two.
+    let gone = wait_for(Duration::from_secs(40), || pool().len() == 2);
+    assert!(gone.is_some(), "the three that went are removed from ha's pool: {:?}", pool());
+    running.wait_more(running.done(), 5, Duration::from_secs(30));
     let samples = running.finish();
     let failed: Vec<&String> = samples.iter().filter(|l| !l.starts_with("ok ")).collect();
     assert!(samples.len() > 20, "the client loop ran: {samples:?}");

@@ -45,17 +45,29 @@ pub struct AppConfig {
     pub tag: Option<String>,
 }
 
-/// The app's state: sessions and the configured delay.
+/// The app's state: sessions, the configured delay, the requests being handled.
 pub struct App {
     cfg: AppConfig,
     sessions: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
     delay_ms: AtomicU64,
+    in_flight: AtomicU64,
 }
 
 impl App {
     /// A fresh app.
     pub fn new(cfg: AppConfig) -> Arc<App> {
-        Arc::new(App { cfg, sessions: std::sync::Mutex::new(HashMap::new()), delay_ms: AtomicU64::new(0) })
+        Arc::new(App {
+            cfg,
+            sessions: std::sync::Mutex::new(HashMap::new()),
+            delay_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+        })
+    }
+
+    /// Requests being handled right now (read, not yet answered): what a test waits on to
+    /// know that a request is in flight, instead of sleeping and hoping it is.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     fn session(&self, req: &Request<Incoming>) -> (String, u64, bool) {
@@ -94,6 +106,15 @@ impl App {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
+        /// Counts the request in [`App::in_flight`] until it is answered or dropped.
+        struct InFlight<'a>(&'a AtomicU64);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _counted = InFlight(&self.in_flight);
         let delay = self.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -310,7 +331,8 @@ mod tests {
     #[tokio::test]
     async fn a_graceful_stop_finishes_in_flight_requests_and_refuses_new_ones() {
         let cfg = AppConfig { ip: "127.0.0.1".into(), name: "s1".into(), tag: None };
-        let app = start("127.0.0.1:0".parse().unwrap(), App::new(cfg)).await.unwrap();
+        let state = App::new(cfg);
+        let app = start("127.0.0.1:0".parse().unwrap(), state.clone()).await.unwrap();
         let addr = app.addr;
         let client = Client::builder(TokioExecutor::new()).build_http();
         let delay = Request::post(format!("http://{addr}/delay"))
@@ -321,7 +343,13 @@ mod tests {
             let client = client.clone();
             async move { get(&client, &format!("http://{addr}/"), None).await.0 }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await; // the request is being served
+        // The request is being served (its 300 ms delay has begun).
+        let served = async {
+            while state.in_flight() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), served).await.expect("the request is in flight");
         app.shutdown(Duration::from_secs(5)).await;
         assert_eq!(in_flight.await.unwrap(), StatusCode::OK, "the in-flight request finished");
         assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");

@@ -1,9 +1,16 @@
 //! Helpers for interop tests: real `serf` agents, `shoal` processes, free ports, polling.
+//!
+//! Tests wait on signals, never on a fixed sleep: [`wait_for`] polls an observable condition
+//! up to a deadline, and a negative assertion ("X must not happen") is made only after
+//! positive evidence that the system had its chance to do X (a counter advanced, a later
+//! event arrived, a log line was written).
 #![allow(dead_code, missing_docs)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -85,14 +92,15 @@ impl Proc {
 
     /// Waits for exit, up to `timeout`; returns the exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
+        let mut code = None;
+        wait_for(timeout, || match self.child.try_wait() {
+            Ok(Some(status)) => {
+                code = status.code();
+                true
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+            _ => false,
+        });
+        code
     }
 }
 
@@ -188,6 +196,11 @@ pub fn shoal(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, std::pat
 
 /// A `shoal agent` process.
 pub fn shoal_agent(name: &str, bind: SocketAddr, extra: &[&str]) -> Proc {
+    shoal_agent_logged(name, bind, extra).0
+}
+
+/// A `shoal agent` process and the path of its log (stderr).
+pub fn shoal_agent_logged(name: &str, bind: SocketAddr, extra: &[&str]) -> (Proc, std::path::PathBuf) {
     let bind = bind.to_string();
     let mut args = vec!["agent", "--node", name, "--bind", &bind];
     // Every agent serves RPC; give each its own port unless the test chose one.
@@ -196,7 +209,7 @@ pub fn shoal_agent(name: &str, bind: SocketAddr, extra: &[&str]) -> Proc {
         args.extend(["--rpc-addr", &rpc]);
     }
     args.extend(extra);
-    shoal(name, &args, &[]).0
+    shoal(name, &args, &[])
 }
 
 /// Polls `cond` every 50 ms until it holds; returns the time it took.
@@ -213,14 +226,86 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
 
 /// Async polling for in-process agents.
 pub async fn wait_for_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    wait_for_with(timeout, || std::future::ready(cond())).await
+}
+
+/// Polls an async `cond` (an RPC, the agent's stats) every 50 ms until it holds; returns the
+/// time it took.
+pub async fn wait_for_with<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut cond: impl FnMut() -> F,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if cond() {
+        if cond().await {
             return Some(start.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    cond().then(|| start.elapsed())
+    cond().await.then(|| start.elapsed())
+}
+
+/// The lines a reader (a child's stdout) has produced so far, collected by a thread.
+pub struct Lines {
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lines {
+    pub fn collect(from: impl Read + Send + 'static) -> Lines {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(from).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Lines { lines, reader: Some(reader) }
+    }
+
+    /// The lines read so far.
+    pub fn so_far(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Waits until a line satisfies `cond`.
+    pub fn wait(&self, timeout: Duration, mut cond: impl FnMut(&str) -> bool) -> Option<Duration> {
+        wait_for(timeout, || self.lines.lock().unwrap().iter().any(|l| cond(l)))
+    }
+
+    /// Every line, once the reader has reached the end (the writer closed it).
+    pub fn finish(mut self) -> Vec<String> {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.so_far()
+    }
+}
+
+/// The body of a balancer's stats CSV (`GET /;csv` on its stats listener); empty if it does
+/// not answer.
+pub fn stats_csv(stats: SocketAddr) -> String {
+    use std::io::Write as _;
+    let Ok(mut s) = std::net::TcpStream::connect(stats) else { return String::new() };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = s.write_all(b"GET /;csv HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string()
+}
+
+/// The server rows of a stats CSV, HAProxy's fields in HAProxy's order: `pxname` (the pool),
+/// `svname` (the server), … `scur` (4, requests in flight) … `status` (17).
+pub fn csv_servers(csv: &str) -> Vec<Vec<String>> {
+    csv.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| f.len() > 17 && f[1] != "FRONTEND" && f[1] != "BACKEND")
+        .collect()
 }
 
 /// Runs `docker ARGS`: stdout, or the error with stderr.
