@@ -349,6 +349,14 @@ pub struct FrontendConfig {
     pub routes: Vec<Route>,
     /// Pool for requests no route matches.
     pub default_pool: String,
+    /// HTTP/1.1 requests take the fast path (default); `false` sends every request through
+    /// the general (hyper) path, to compare the two or to work around a fast-path problem.
+    #[serde(default = "yes")]
+    pub fast_path: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Timeouts (HAProxy's names in parentheses).
@@ -481,6 +489,7 @@ impl BalancerConfig {
                 tls: None,
                 routes: Vec::new(),
                 default_pool: pool.name.clone(),
+                fast_path: true,
             }],
             pools: vec![pool],
             timeouts: Timeouts::default(),

@@ -60,6 +60,8 @@ pub(crate) struct Frontend {
     pub default_pool: Arc<Pool>,
     /// Whether clients come in over TLS.
     pub tls: bool,
+    /// HTTP/1.1 requests take the fast path.
+    pub fast_path: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Largest request body.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::codec::HeaderSink;
@@ -36,7 +36,9 @@ pub(crate) async fn handle(
 ) -> Result<Response<GuardedBody>, Infallible> {
     let fe = ctx.frontend.load_full();
     let now = Instant::now();
-    let line = || format!("{} {} {:?}", req.method(), req.uri(), req.version());
+    // Logged in origin form whatever the protocol: `GET /path HTTP/2.0`.
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let line = || format!("{} {target} {:?}", req.method(), req.version());
     let mut txn = Txn::begin(&ctx, fe.clone(), ctx.state.head_age(now), line);
     if ctx.state.smuggling.load(Ordering::Relaxed) {
         tracing::warn!(client = %ctx.client, "request with both Content-Length and Transfer-Encoding refused");
@@ -62,33 +64,56 @@ pub(crate) async fn handle(
     txn.routed(&plan.pool);
     txn.received(head_len(&parts));
 
-    // A small body of known length is read whole: the request can then go out twice.
-    let no_body = body.is_end_stream() || declared == Some(0);
-    let mut whole: Option<Bytes> = None;
+    // A small body (declared, or found to be small as it comes) is read whole: the request
+    // can then go out twice, with its length.
+    let mut whole: Option<Vec<u8>> = None;
     let mut stream = None;
-    if no_body {
-        whole = Some(Bytes::new());
-    } else if declared.is_some_and(|n| n <= RESEND_BUFFER) {
-        match Limited::new(body, RESEND_BUFFER as usize).collect().await {
-            Ok(b) => whole = Some(b.to_bytes()),
-            Err(_) => {
-                txn.denied(400, *b"CR");
-                return Ok(local(txn, StatusCode::BAD_REQUEST, "Bad request body\n", true));
+    if body.is_end_stream() || declared == Some(0) {
+        whole = Some(Vec::new());
+    } else if declared.is_some_and(|n| n > RESEND_BUFFER) {
+        stream = Some(ClientBody::new(body, declared, Vec::new(), fe.max_body, fe.timeouts.client));
+    } else {
+        let mut body = body;
+        let mut read = Vec::new();
+        loop {
+            match tokio::time::timeout(fe.timeouts.client, body.frame()).await {
+                Ok(None) => {
+                    whole = Some(read);
+                    break;
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        read.extend_from_slice(&data);
+                    }
+                    if read.len() as u64 > RESEND_BUFFER.min(fe.max_body) {
+                        stream = Some(ClientBody::new(body, declared, read, fe.max_body, fe.timeouts.client));
+                        break;
+                    }
+                }
+                Err(_) | Ok(Some(Err(_))) => {
+                    txn.denied(400, *b"CR");
+                    return Ok(local(txn, StatusCode::BAD_REQUEST, "Bad request body\n", true));
+                }
             }
         }
-    } else {
-        stream = Some(ClientBody::new(body, declared, fe.max_body, fe.timeouts.client));
     }
+    // The framing the client chose: its length, or chunks when it declared none.
     let framing = match (&whole, declared) {
         (Some(b), _) if b.is_empty() => BodyFraming::None,
-        (Some(b), _) => BodyFraming::Length(b.len() as u64),
-        (None, Some(n)) => BodyFraming::Length(n),
-        (None, None) => BodyFraming::Chunked,
+        (_, Some(n)) => BodyFraming::Length(n),
+        (_, None) => BodyFraming::Chunked,
     };
-    let mut request = Vec::with_capacity(512 + whole.as_ref().map_or(0, Bytes::len));
+    let mut request = Vec::with_capacity(512 + whole.as_ref().map_or(0, Vec::len));
     upstream_head(&parts, &plan, &ctx, fe.tls, framing, &mut request);
-    if let Some(b) = &whole {
-        request.extend_from_slice(b);
+    if let Some(b) = whole.as_ref().filter(|b| !b.is_empty()) {
+        if framing == BodyFraming::Chunked {
+            request.extend_from_slice(hex_len(b.len(), &mut [0u8; 16]));
+            request.extend_from_slice(b"\r\n");
+            request.extend_from_slice(b);
+            request.extend_from_slice(b"\r\n0\r\n\r\n");
+        } else {
+            request.extend_from_slice(b);
+        }
         txn.received(b.len() as u64);
     }
     let forwarded = match &mut stream {
@@ -205,6 +230,8 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 /// chunked), under the body limit and the client timeout.
 struct ClientBody {
     inner: Incoming,
+    /// Data read before streaming began, sent first.
+    first: Vec<u8>,
     chunked: bool,
     out: Vec<u8>,
     total: u64,
@@ -215,12 +242,19 @@ struct ClientBody {
 }
 
 impl ClientBody {
-    fn new(inner: Incoming, declared: Option<u64>, limit: u64, timeout: Duration) -> ClientBody {
+    fn new(
+        inner: Incoming,
+        declared: Option<u64>,
+        first: Vec<u8>,
+        limit: u64,
+        timeout: Duration,
+    ) -> ClientBody {
         ClientBody {
             inner,
             chunked: declared.is_none(),
             out: Vec::new(),
-            total: 0,
+            total: first.len() as u64,
+            first,
             limit,
             timeout,
             started: false,
@@ -229,11 +263,32 @@ impl ClientBody {
     }
 }
 
+impl ClientBody {
+    /// Appends `data` to the output, as a chunk when the body goes chunked.
+    fn frame_data(&mut self, data: &[u8]) {
+        if !self.chunked {
+            self.out.extend_from_slice(data);
+            return;
+        }
+        self.out.extend_from_slice(hex_len(data.len(), &mut [0u8; 16]));
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(data);
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
 impl BodyStream for ClientBody {
     async fn next(&mut self) -> Result<Option<&[u8]>, ClientBodyError> {
         loop {
             if self.done {
                 return Ok(None);
+            }
+            if !self.first.is_empty() {
+                let first = std::mem::take(&mut self.first);
+                self.started = true;
+                self.out.clear();
+                self.frame_data(&first);
+                return Ok(Some(&self.out));
             }
             let frame = match tokio::time::timeout(self.timeout, self.inner.frame()).await {
                 Err(_) => return Err(ClientBodyError::Gone),
@@ -259,16 +314,7 @@ impl BodyStream for ClientBody {
                     if self.total > self.limit {
                         return Err(ClientBodyError::TooLarge);
                     }
-                    if !self.chunked {
-                        self.out.extend_from_slice(&data);
-                    } else {
-                        let mut hex = [0u8; 16];
-                        let n = hex_len(data.len(), &mut hex);
-                        self.out.extend_from_slice(n);
-                        self.out.extend_from_slice(b"\r\n");
-                        self.out.extend_from_slice(&data);
-                        self.out.extend_from_slice(b"\r\n");
-                    }
+                    self.frame_data(&data);
                     return Ok(Some(&self.out));
                 }
                 Err(frame) => {

@@ -58,14 +58,14 @@ impl ClientIo for TcpStream {
     }
 }
 
-impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+impl<S: ClientIo> ClientIo for tokio_rustls::server::TlsStream<S> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (tcp, tls) = self.get_ref();
+        let (inner, tls) = self.get_ref();
         // Plaintext already decrypted (or a state change to act on) needs no new bytes.
         if !tls.wants_read() {
             return Poll::Ready(Ok(()));
         }
-        tcp.poll_read_ready(cx)
+        inner.poll_read_ready(cx)
     }
 }
 
@@ -501,9 +501,32 @@ async fn proxy<S: ClientIo>(
                 }
             };
             txn.denied(status.as_u16(), why);
-            local(io, &mut txn, status, text, false, true, client_timeout).await
+            local(io, &mut txn, status, text, false, true, client_timeout).await;
+            linger(io).await;
+            false
         }
     }
+}
+
+/// Closes a connection whose client may still be sending a body nobody will read: the answer
+/// is followed by a FIN, and what the client still sends is read and dropped for a while, so
+/// that closing with unread bytes (a TCP reset) cannot destroy the answer before the client
+/// has read it (nginx's lingering close).
+async fn linger<S: ClientIo>(io: &mut S) {
+    const LINGER: Duration = Duration::from_secs(2);
+    const LINGER_BYTES: usize = 4 * 1024 * 1024;
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let mut total = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = io.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Sends the balancer's own answer; returns whether the connection stays open.
@@ -633,7 +656,10 @@ async fn relay<S: ClientIo>(
     if complete {
         txn.complete();
     }
-    if complete && clean && head.server_keeps && !cut_short {
+    if cut_short {
+        drop(conn);
+        linger(io).await;
+    } else if complete && clean && head.server_keeps {
         server.conns.put(conn);
     }
     complete && !close_client

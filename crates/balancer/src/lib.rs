@@ -314,6 +314,13 @@ impl Balancer {
         own
     }
 
+    /// Writes the access log (in the configured format) to `out` instead of stdout, until a
+    /// reload changes the format. Lines already taken are written where they were going.
+    pub fn log_access_to(&self, out: Box<dyn std::io::Write + Send>) {
+        let format = self.config().access_log;
+        self.inner.access_log.store(AccessLog::start_with(format, out));
+    }
+
     /// The access log, when one is on.
     pub fn access_log(&self) -> Option<Arc<access_log::AccessLog>> {
         self.inner.access_log.load_full()
@@ -450,6 +457,7 @@ impl Balancer {
                 .collect(),
             default_pool: pools[&fc.default_pool].clone(),
             tls: fc.tls.is_some(),
+            fast_path: fc.fast_path,
             timeouts: cfg.timeouts.clone(),
             max_body: cfg.limits.max_body_bytes,
             stats,
@@ -483,6 +491,15 @@ impl Balancer {
     /// The addresses actually bound (useful with port 0).
     pub async fn local_addrs(&self) -> Vec<SocketAddr> {
         self.inner.listeners.lock().await.values().map(|l| l.bound).collect()
+    }
+
+    /// Each frontend listener: the frontend's name and the address bound.
+    pub async fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let listeners = self.inner.listeners.lock().await;
+        let mut out: Vec<(String, SocketAddr)> =
+            listeners.values().map(|l| (l.frontend.load().name.to_string(), l.bound)).collect();
+        out.sort();
+        out
     }
 
     /// The stats listener's bound address.
@@ -539,6 +556,10 @@ impl Balancer {
         }
         if let Some(path) = self.inner.admin_socket.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = std::fs::remove_file(path);
+        }
+        // The last requests' lines are written before the process goes.
+        if let Some(log) = self.access_log() {
+            log.flush();
         }
     }
 
@@ -684,47 +705,51 @@ async fn serve_conn<S: ClientIo>(
     };
     let max_header = inner.cfg.lock().map(|c| c.limits.max_header_bytes).unwrap_or(16 * 1024);
     let mut shutdown = inner.shutdown.subscribe();
+    let fast_path = fe.fast_path;
     match tls {
-        // HTTP/1.1 requests the fast path serves never meet hyper; the first one it does not
-        // serve hands the connection over, with the bytes read so far.
-        None => {
-            let mut stream = stream;
-            if let h1::Served::Handoff(read) =
-                h1::serve(&mut stream, &ctx, max_header, timeouts, &mut shutdown).await
-            {
-                let io = GuardedIo::new(h1::Rewind::new(read, stream), ctx.state.clone(), timeouts, false);
-                // Boxed: only connections handed over pay for hyper's connection state.
-                Box::pin(run_http(io, ctx, max_header, &mut shutdown)).await;
-            }
-        }
+        None => serve_http(stream, ctx, fast_path, false, timeouts, max_header, &mut shutdown).await,
         // Boxed: a TLS session's state is kilobytes, and inline it would size every plain
         // connection's task for it too.
         Some(acceptor) => {
-            Box::pin(serve_tls(stream, acceptor, ctx, timeouts, max_header, &mut shutdown)).await
+            Box::pin(async {
+                match tokio::time::timeout(timeouts.request_headers, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve_http(tls, ctx, fast_path, h2, timeouts, max_header, &mut shutdown).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(client = %ctx.client, "TLS handshake timed out"),
+                }
+            })
+            .await
         }
     }
     fe.stats.current_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve_tls<S>(
-    stream: S,
-    acceptor: tokio_rustls::TlsAcceptor,
+/// Serves a connection's HTTP: HTTP/1.1 requests the fast path serves never meet hyper; the
+/// first one it does not serve hands the connection over, with the bytes read so far. HTTP/2
+/// (known from ALPN) and frontends without the fast path go to hyper from the start.
+async fn serve_http<S: ClientIo>(
+    mut stream: S,
     ctx: ConnCtx,
+    fast_path: bool,
+    h2: bool,
     timeouts: IoTimeouts,
     max_header: usize,
     shutdown: &mut watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    match tokio::time::timeout(timeouts.request_headers, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => {
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = GuardedIo::new(tls, ctx.state.clone(), timeouts, h2);
-            run_http(io, ctx, max_header, shutdown).await;
+) {
+    let read = if fast_path && !h2 {
+        match h1::serve(&mut stream, &ctx, max_header, timeouts, shutdown).await {
+            h1::Served::Handoff(read) => read,
+            h1::Served::Closed => return,
         }
-        Ok(Err(e)) => tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(client = %ctx.client, "TLS handshake timed out"),
-    }
+    } else {
+        Vec::new()
+    };
+    let io = GuardedIo::new(h1::Rewind::new(read, stream), ctx.state.clone(), timeouts, h2);
+    // Boxed: only connections handed over pay for hyper's connection state.
+    Box::pin(run_http(io, ctx, max_header, shutdown)).await;
 }
 
 async fn run_http<T>(io: GuardedIo<T>, ctx: ConnCtx, max_header: usize, shutdown: &mut watch::Receiver<bool>)

@@ -165,28 +165,36 @@ pub(crate) async fn exchange<S: HeaderSink + Default + Send>(
         return Err(ExchangeError::Attempt(if reused { Unsent } else { NoResponse }));
     }
     let mut rest = BytesMut::new();
-    let mut cut_short = false;
     let mut early: Option<(ResponseHead, S)> = None;
+    // A server may answer before it has read the whole body (a 413, a redirect) and stop
+    // reading: it is not waiting for the rest, and its answer is the one to relay.
+    let early_answer = |conn: &RawConn, rest: &mut BytesMut| -> Option<(ResponseHead, S)> {
+        while conn.stream.try_read_buf(rest).is_ok_and(|n| n > 0) {}
+        let mut fields = S::default();
+        match parse_response(rest, extras, &mut fields) {
+            Ok(Some(head)) if !head.interim => Some((head, fields)),
+            _ => None,
+        }
+    };
     while let Some(bytes) = body.next().await.map_err(ExchangeError::Client)? {
         server.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if let Some(answer) = early_answer(&conn, &mut rest) {
+            early = Some(answer);
+            break;
+        }
         match tokio::time::timeout(timeouts.server, conn.stream.write_all(bytes)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ExchangeError::Attempt(NoResponse)),
+            Ok(Err(_)) => match early_answer(&conn, &mut rest) {
+                Some(answer) => {
+                    early = Some(answer);
+                    break;
+                }
+                None => return Err(ExchangeError::Attempt(NoResponse)),
+            },
             Err(_) => return Err(ExchangeError::Attempt(Timeout)),
         }
-        // A server may answer before it has read the whole body (a 413, a redirect): then it
-        // is not waiting for the rest.
-        if conn.stream.try_read_buf(&mut rest).is_ok_and(|n| n > 0) {
-            let mut fields = S::default();
-            if let Ok(Some(head)) = parse_response(&rest, extras, &mut fields)
-                && !head.interim
-            {
-                cut_short = true;
-                early = Some((head, fields));
-                break;
-            }
-        }
     }
+    let cut_short = early.is_some();
     // The body has gone: a connection found dead now may have delivered the request.
     let lost = if reused && idempotent && !body.started() { Unsent } else { NoResponse };
     let deadline = Instant::now() + timeouts.server;
@@ -404,7 +412,8 @@ impl hyper::body::Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        // All of it read (what is left to do, Drop does: hyper may not poll again).
+        self.done || (self.framing.is_done() && self.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use common::*;
@@ -214,7 +215,7 @@ async fn pipelined_requests_are_answered_in_order() {
 }
 
 #[tokio::test]
-async fn a_request_with_a_body_hands_the_connection_to_the_general_path() {
+async fn a_request_with_a_body_keeps_the_connection_going() {
     let h = echo_harness().await;
     let mut s = TcpStream::connect(h.front).await.unwrap();
     let mut buf = Vec::new();
@@ -298,4 +299,125 @@ async fn a_connection_that_never_speaks_is_closed_without_a_word() {
     ask(&mut s, &mut buf, "/length", "hello").await;
     tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.unwrap().unwrap();
     assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+}
+
+/// A harness in front of a recording backend that answers `ok`, with `max_body` bytes allowed.
+async fn recording_harness(max_body: u64) -> (Harness, Arc<Mutex<Vec<Received>>>) {
+    let mut p = PoolConfig::new("backend", "backend", 3000);
+    p.health.enabled = false;
+    let mut cfg = shoal_balancer::BalancerConfig::simple(vec!["127.0.0.1:0".parse().unwrap()], p, None);
+    cfg.limits.max_body_bytes = max_body;
+    let h = Harness::with_config(cfg).await;
+    let (addr, seen) = recording_backend(|r| {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Got: {}\r\n\r\nok", r.body.len()).into_bytes()
+    })
+    .await;
+    h.set(vec![member("recorder", addr, Alive, &[])]);
+    h.wait_serving(1).await;
+    (h, seen)
+}
+
+fn chunked(body: &[u8], piece: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in body.chunks(piece) {
+        out.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+        out.extend_from_slice(p);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test]
+async fn bodies_by_length_and_chunked_small_and_large_arrive_whole_on_one_connection() {
+    let (h, seen) = recording_harness(64 * 1024 * 1024).await;
+    let mut s = TcpStream::connect(h.front).await.unwrap();
+    let mut buf = Vec::new();
+    let body = |n: usize| (0..n).map(|i| (i % 253) as u8).collect::<Vec<u8>>();
+    // Small and large by length, small and large chunked; the large ones are streamed.
+    for (n, is_chunked) in [(1024, false), (300 * 1024, false), (3000, true), (300 * 1024, true)] {
+        let b = body(n);
+        let mut req = b"POST /up HTTP/1.1\r\nHost: app.test\r\n".to_vec();
+        if is_chunked {
+            req.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            req.extend_from_slice(&chunked(&b, 8192));
+        } else {
+            req.extend_from_slice(format!("Content-Length: {n}\r\n\r\n").as_bytes());
+            req.extend_from_slice(&b);
+        }
+        s.write_all(&req).await.unwrap();
+        let (status, head, _) = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains(&format!("X-Got: {n}")), "{n} bytes arrive: {head}");
+        let got = seen.lock().unwrap().pop().unwrap();
+        assert_eq!(got.body, b, "{n} bytes, chunked {is_chunked}: the same bytes");
+        assert_eq!(got.field("transfer-encoding").is_some(), is_chunked, "{}", got.raw_head);
+    }
+    // Pipelined: a body and the next request in one write.
+    let mut two = b"PUT /a HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+    two.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    s.write_all(&two).await.unwrap();
+    assert_eq!(read_response(&mut s, &mut buf, false).await.0, 200);
+    assert_eq!(read_response(&mut s, &mut buf, false).await.0, 200);
+    let got = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(
+        got.iter().map(|r| (r.target.as_str(), r.body.len())).collect::<Vec<_>>(),
+        [("/a", 5), ("/b", 0)]
+    );
+}
+
+#[tokio::test]
+async fn broken_chunks_get_400_and_too_much_413_and_the_server_never_sees_them_whole() {
+    let (h, seen) = recording_harness(100 * 1024).await;
+    for (req, want) in [
+        (
+            b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            "400",
+        ),
+        (
+            [
+                &b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                &chunked(&vec![b'x'; 300 * 1024], 8192),
+            ]
+            .concat(),
+            "413",
+        ),
+    ] {
+        let (mut r, mut w) = TcpStream::connect(h.front).await.unwrap().into_split();
+        let writer = tokio::spawn(async move { w.write_all(&req).await });
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut out)).await.expect("closed");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(text.starts_with(&format!("HTTP/1.1 {want} ")), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+        writer.abort();
+    }
+    assert!(seen.lock().unwrap().is_empty(), "no server got a whole body: {:?}", seen.lock().unwrap().len());
+}
+
+#[tokio::test]
+async fn a_server_answering_before_the_body_is_sent_is_relayed_and_the_rest_is_not_waited_for() {
+    // The server reads the head only and refuses at once, as nginx does with a body it will not take.
+    let (server, seen) = scripted_server(|_| {
+        (b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope", true)
+    })
+    .await;
+    let h = harness_for(server).await;
+    let s = TcpStream::connect(h.front).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let body = vec![b'x'; 8 * 1024 * 1024];
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 8388608\r\n\r\n").await;
+        let _ = w.write_all(&body).await;
+    });
+    let mut buf = Vec::new();
+    let (status, head, answer) = read_response(&mut r, &mut buf, false).await;
+    assert_eq!((status, answer.as_slice()), (413, &b"nope"[..]), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is closed, not left waiting for 8 MiB");
+    writer.abort();
+    assert_eq!(seen.heads().len(), 1);
 }

@@ -10,7 +10,6 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use shoal_balancer::TlsConfig;
 use shoal_balancer::{BalancerConfig, PoolConfig};
 use shoal_gossip::MemberStatus::Alive;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,15 +180,6 @@ async fn http2_clients_are_served_with_prior_knowledge() {
             "the :authority became the Host header: {text}"
         );
     }
-}
-
-fn self_signed(dir: &std::path::Path) -> (TlsConfig, rustls::pki_types::CertificateDer<'static>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    (TlsConfig { cert: dir.join("cert.pem"), key: dir.join("key.pem") }, cert.der().clone())
 }
 
 #[tokio::test]

@@ -232,3 +232,216 @@ pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
 }
+
+/// One request as a server received it: its line, fields (names lower-cased) and decoded body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    pub fields: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The head exactly as it came.
+    pub raw_head: String,
+}
+
+impl Received {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one request (head and body, by length or chunked) from `s`, with `buf` holding what
+/// was read past the previous one; `None` at the end of the connection.
+pub async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
+    async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                Some(())
+            }
+        }
+    }
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        more(s, buf).await?;
+    };
+    let raw_head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = raw_head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, target) = (first.next()?.to_string(), first.next()?.to_string());
+    let fields: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    buf.drain(..end);
+    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(n) = field("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while buf.len() < n {
+            more(s, buf).await?;
+        }
+        body = buf.drain(..n).collect();
+    } else if field("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                more(s, buf).await?;
+            };
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers, up to the empty line.
+                loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        let empty = i == 0;
+                        buf.drain(..i + 2);
+                        if empty {
+                            break;
+                        }
+                    } else {
+                        more(s, buf).await?;
+                    }
+                }
+                break;
+            }
+            while buf.len() < size + 2 {
+                more(s, buf).await?;
+            }
+            body.extend(buf.drain(..size));
+            buf.drain(..2);
+        }
+    }
+    Some(Received { method, target, fields, body, raw_head })
+}
+
+/// A backend that records every request it gets and answers each with `answer(request)`
+/// (a whole HTTP/1.1 response; the connection stays open unless it says `Connection: close`).
+pub async fn recording_backend(
+    answer: fn(&Received) -> Vec<u8>,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(r) = read_request(&mut s, &mut buf).await {
+                    let reply = answer(&r);
+                    log.lock().unwrap().push(r);
+                    let close =
+                        String::from_utf8_lossy(&reply).to_ascii_lowercase().contains("connection: close");
+                    if s.write_all(&reply).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A self-signed certificate for `localhost` in `dir`, and its DER form for clients to trust.
+pub fn self_signed(
+    dir: &std::path::Path,
+) -> (shoal_balancer::TlsConfig, rustls::pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    (shoal_balancer::TlsConfig { cert: dir.join("cert.pem"), key: dir.join("key.pem") }, cert.der().clone())
+}
+
+/// A TLS connection to `addr` trusting `der`, offering `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    der: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.clone()).unwrap();
+    let mut cc =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    cc.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
+}
+
+/// Reads one HTTP/1.1 response (length-delimited, or bodiless for HEAD) from `s`.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    head_only: bool,
+) -> (u16, String, Vec<u8>) {
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before the answer: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let length = if head_only { 0 } else { length };
+    while buf.len() < length {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed in the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf.drain(..length).collect();
+    (status, head, body)
+}
+
+/// A writer the access log can write to, whose lines the test reads.
+#[derive(Clone, Default)]
+pub struct LogLines(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogLines {
+    /// The JSON lines written so far.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    }
+}
