@@ -9,7 +9,7 @@
 //! lines and counts them rather than slow requests down or grow without bound.
 //!
 //! Names (a server's is a gossip member's) are escaped as one field each
-//! ([`crate::escape::field`]), so a name can neither add a line nor shift the fields; JSON lines
+//! ([`shoal_gossip::escape::field`]), so a name can neither add a line nor shift the fields; JSON lines
 //! are JSON.
 
 use std::cell::RefCell;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::escape;
+use shoal_gossip::escape;
 
 /// Lines wait at most this long before they are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -278,7 +278,7 @@ fn write_loop(s: &Shared) {
 
 /// Appends `n` in decimal.
 fn num(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(crate::pipeline::itoa(n, &mut [0; 20]));
+    out.extend_from_slice(crate::codec::itoa(n, &mut [0; 20]));
 }
 
 /// Appends `d` in whole milliseconds, or -1 for none.

@@ -7,7 +7,7 @@
 //! On TCP with a token configured, the first command must be `auth TOKEN`.
 //! A line is at most [`MAX_LINE`] bytes (a longer one is answered with an error
 //! and the connection closed), and `limits.max_admin_connections` sessions run
-//! at once. Member names in the output are escaped ([`crate::escape`]).
+//! at once. Member names in the output are escaped ([`shoal_gossip::escape`]).
 
 use std::fmt::Write as _;
 use std::io;
@@ -20,11 +20,11 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWrite
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
-use crate::Balancer;
-use crate::escape;
 use crate::pool::Pool;
+use crate::report::Snapshot;
 use crate::server::{Admin, Health, Server};
-use crate::stats::rows::Snapshot;
+use crate::state::State;
+use shoal_gossip::escape;
 
 /// Longest command line, in bytes.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -57,7 +57,13 @@ pub fn help() -> String {
 
 /// Runs one command (no `;`) and returns its output, HAProxy style: empty on success
 /// of a `set`, a message ending in a newline otherwise.
-pub fn execute(b: &Balancer, command: &str) -> String {
+/// Compares two secrets in time independent of where they differ.
+pub fn same_secret(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn execute(b: &State, command: &str) -> String {
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.as_slice() {
         [] => String::new(),
@@ -103,7 +109,7 @@ fn parse_state(s: &str) -> Option<Admin> {
 }
 
 /// Finds `pool/server` and applies `f`; HAProxy's messages when either is missing.
-fn with_server(b: &Balancer, target: &str, f: impl FnOnce(&Pool, &Server) -> bool) -> String {
+fn with_server(b: &State, target: &str, f: impl FnOnce(&Pool, &Server) -> bool) -> String {
     let Some((pool_name, server_name)) = target.split_once('/') else {
         return "Require 'backend/server'.\n".into();
     };
@@ -113,7 +119,7 @@ fn with_server(b: &Balancer, target: &str, f: impl FnOnce(&Pool, &Server) -> boo
     if f(pool, &server) { String::new() } else { "No such server.\n".into() }
 }
 
-fn show_info(b: &Balancer) -> String {
+fn show_info(b: &State) -> String {
     let uptime = Instant::now().saturating_duration_since(b.started()).as_secs();
     let fronts = b.frontend_stats();
     let sum = |f: fn(&crate::metrics::FrontendStats) -> u64| fronts.iter().map(|(_, s)| f(s)).sum::<u64>();
@@ -162,7 +168,7 @@ fn check_status_number(s: &Server) -> u8 {
     }
 }
 
-fn show_servers_state(b: &Balancer, only: Option<&str>) -> String {
+fn show_servers_state(b: &State, only: Option<&str>) -> String {
     let pools = b.pools();
     if let Some(name) = only
         && !pools.contains_key(name)
@@ -213,11 +219,11 @@ fn show_servers_state(b: &Balancer, only: Option<&str>) -> String {
 }
 
 /// Runs a line of `;`-separated commands; `authorized` tracks `auth TOKEN` on TCP.
-fn execute_line(b: &Balancer, line: &str, token: Option<&str>, authorized: &mut bool) -> String {
+fn execute_line(b: &State, line: &str, token: Option<&str>, authorized: &mut bool) -> String {
     let mut out = String::new();
     for command in line.split(';').map(str::trim).filter(|c| !c.is_empty()) {
         if let Some(given) = command.strip_prefix("auth ") {
-            *authorized = token.is_some_and(|t| crate::stats::same_secret(t, given.trim()));
+            *authorized = token.is_some_and(|t| same_secret(t, given.trim()));
             if !*authorized {
                 out.push_str("Permission denied: wrong token.\n");
                 return out;
@@ -276,7 +282,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Read> {
 
 /// Serves one CLI connection: a line of commands, or many after `prompt`.
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
-    b: Balancer,
+    b: Arc<State>,
     stream: S,
     token: Option<String>,
 ) -> io::Result<()> {
@@ -333,7 +339,7 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
 
 /// Serves the runtime API on a unix socket (no token: the file's permissions guard it), at
 /// most as many sessions at once as `permits` holds.
-pub async fn serve_unix(listener: UnixListener, b: Balancer, permits: Arc<Semaphore>) {
+pub async fn serve_unix(listener: UnixListener, b: Arc<State>, permits: Arc<Semaphore>) {
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let Ok((stream, _)) = listener.accept().await else {
@@ -350,7 +356,7 @@ pub async fn serve_unix(listener: UnixListener, b: Balancer, permits: Arc<Semaph
 
 /// Serves the runtime API on TCP; with a token, `auth TOKEN` must come first. At most as many
 /// sessions at once as `permits` holds (beyond, connections wait to be accepted).
-pub async fn serve_tcp(listener: TcpListener, b: Balancer, token: Option<String>, permits: Arc<Semaphore>) {
+pub async fn serve_tcp(listener: TcpListener, b: Arc<State>, token: Option<String>, permits: Arc<Semaphore>) {
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let Ok((stream, _)) = listener.accept().await else {

@@ -186,7 +186,7 @@ impl Dechunker {
             return None;
         };
         let mut map = http::HeaderMap::new();
-        for h in parsed.iter().filter(|h| !crate::pipeline::is_hop_by_hop(h.name)) {
+        for h in parsed.iter().filter(|h| !is_hop_by_hop(h.name)) {
             if let (Ok(n), Ok(v)) =
                 (http::HeaderName::from_bytes(h.name.as_bytes()), http::HeaderValue::from_bytes(h.value))
             {
@@ -194,6 +194,39 @@ impl Dechunker {
             }
         }
         (!map.is_empty()).then_some(map)
+    }
+}
+
+/// Whether a header (any case) belongs to one connection and is never forwarded.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    ["connection", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// `n` in decimal, written at the end of `buf`.
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// `n` in lower-case hex, written at the end of `buf`.
+pub(crate) fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -324,7 +357,7 @@ pub(crate) fn parse_response(
         let kept_for_upgrade =
             upgrading && (name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("connection"));
         if !kept_for_upgrade
-            && (crate::pipeline::is_hop_by_hop(name)
+            && (is_hop_by_hop(name)
                 || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
                 || (sticky.is_some() && name.eq_ignore_ascii_case("cache-control")))
         {
@@ -510,6 +543,16 @@ mod tests {
         assert_eq!(map.len(), 4);
         assert_eq!(map["set-cookie"], "SERVERID=web-1; Path=/");
         assert!(!map.contains_key("x-internal") && !map.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_chunk_sizes_in_lower_case_hex() {
+        for (n, dec) in [(0, "0"), (9, "9"), (1234567890, "1234567890"), (u64::MAX, "18446744073709551615")] {
+            assert_eq!(itoa(n, &mut [0; 20]), dec.as_bytes());
+        }
+        for (n, hex) in [(0, "0"), (9, "9"), (10, "a"), (255, "ff"), (65_536, "10000")] {
+            assert_eq!(hex_len(n, &mut [0; 16]), hex.as_bytes());
+        }
     }
 
     #[test]

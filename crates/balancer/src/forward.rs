@@ -61,7 +61,7 @@ pub(crate) async fn forward<S: HeaderSink + Default + Send>(
             }
             Err(ExchangeError::Attempt(why)) => why,
         };
-        tracing::debug!(server = %crate::escape::Esc(&server.name), ?why, "upstream attempt failed");
+        tracing::debug!(server = %shoal_gossip::escape::Esc(&server.name), ?why, "upstream attempt failed");
         match tries.failed(server, why) {
             Next::Resend | Next::Elsewhere => {}
             Next::Fail(f) => break Err(Unanswered::Failed(f)),

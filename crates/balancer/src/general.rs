@@ -22,12 +22,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::codec::HeaderSink;
-use crate::escape::Esc;
+use crate::codec::{hex_len, is_hop_by_hop, itoa};
 use crate::forward::{Unanswered, forward};
 use crate::frontend::ConnCtx;
 use crate::h1::RESEND_BUFFER;
-use crate::pipeline::{BodyFraming, Txn, itoa, plan, upstream_head};
+use crate::pipeline::{BodyFraming, Txn, plan, upstream_head};
 use crate::upstream::{Answer, BodyError, BodyStream, ClientBodyError, DropInterim, NoBody, UpstreamBody};
+use shoal_gossip::escape::Esc;
 
 /// Handles one client request.
 pub(crate) async fn handle(
@@ -325,9 +326,7 @@ impl BodyStream for ClientBody {
                     }
                     self.out.extend_from_slice(b"0\r\n");
                     if let Ok(trailers) = frame.into_trailers() {
-                        for (name, value) in
-                            trailers.iter().filter(|(n, _)| !crate::pipeline::is_hop_by_hop(n.as_str()))
-                        {
+                        for (name, value) in trailers.iter().filter(|(n, _)| !is_hop_by_hop(n.as_str())) {
                             self.out.field(name.as_str().as_bytes(), value.as_bytes());
                         }
                     }
@@ -340,19 +339,6 @@ impl BodyStream for ClientBody {
 
     fn started(&self) -> bool {
         self.started
-    }
-}
-
-/// `n` in lower-case hex, written at the end of `buf`.
-fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            return &buf[i..];
-        }
     }
 }
 
@@ -456,16 +442,4 @@ fn local(txn: Txn, status: StatusCode, text: &'static str, close: bool) -> Respo
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_sizes_are_lower_case_hex() {
-        for (n, hex) in [(0, "0"), (9, "9"), (10, "a"), (255, "ff"), (65_536, "10000")] {
-            assert_eq!(hex_len(n, &mut [0; 16]), hex.as_bytes());
-        }
-    }
 }

@@ -587,7 +587,7 @@ async fn relay<S: ClientIo>(
             return false;
         }
         if let Err(e) = tokio::io::copy_bidirectional(io, &mut conn.stream).await {
-            tracing::debug!(server = %crate::escape::Esc(&server.name), error = %e, "upgraded connection ended");
+            tracing::debug!(server = %shoal_gossip::escape::Esc(&server.name), error = %e, "upgraded connection ended");
         }
         return false;
     }

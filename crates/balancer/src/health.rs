@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::config::HealthConfig;
-use crate::escape::Esc;
 use crate::server::{CheckResult, CheckStatus, Health, Server};
+use shoal_gossip::escape::Esc;
 
 const NEWCOMER_INTERVAL: Duration = Duration::from_millis(200);
 

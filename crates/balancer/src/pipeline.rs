@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::Method;
 
 use crate::access_log::{AccessLog, Record};
-use crate::codec::HeaderSink;
+use crate::codec::{HeaderSink, is_hop_by_hop, itoa};
 use crate::config::Algorithm;
 use crate::conn::ConnState;
 use crate::frontend::{ConnCtx, Frontend};
@@ -228,31 +228,11 @@ pub(crate) fn upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// `n` in decimal, written at the end of `buf`.
-pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 /// The `Set-Cookie` value that sticks the client to `server`, unless its cookie already does:
 /// the token made when the server joined the pool, never the member's name.
 pub(crate) fn set_cookie<'s>(plan: &Plan, server: &'s Server) -> Option<&'s [u8]> {
     let already = plan.sticky.as_deref().is_some_and(|c| server.is_cookie(c));
     server.set_cookie.as_ref().filter(|_| !already).map(http::HeaderValue::as_bytes)
-}
-
-/// Whether a header (any case) belongs to one connection and is never forwarded.
-pub(crate) fn is_hop_by_hop(name: &str) -> bool {
-    ["connection", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Whether a request with this method may be sent twice (RFC 9110 §9.2.2).

@@ -26,9 +26,9 @@ use shoal_gossip::{Member, MemberStatus};
 
 use crate::admission::{Admission, HostNets};
 use crate::config::{MAX_WEIGHT, PoolConfig};
-use crate::escape::Esc;
 use crate::select::View;
 use crate::server::{Admin, Server};
+use shoal_gossip::escape::Esc;
 
 /// What an operator set on a server by name; it outlives the member's comings and goings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

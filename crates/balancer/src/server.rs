@@ -12,9 +12,9 @@ use http::HeaderValue;
 use shoal_gossip::{MemberStatus, Tags};
 
 use crate::config::PoolConfig;
-use crate::escape::Esc;
 use crate::idle::ConnPool;
 use crate::metrics::ServerStats;
+use shoal_gossip::escape::Esc;
 
 /// Result of active health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

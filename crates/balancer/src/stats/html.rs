@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::rows::{Kind, Row, Snapshot};
-use crate::Balancer;
+use crate::report::{Kind, Row, Snapshot};
+use crate::state::State;
 
 /// Seconds between automatic refreshes.
 const REFRESH_SECONDS: u32 = 5;
@@ -24,9 +24,9 @@ td.l,th.l{text-align:left}tr.total td{background:#eef;font-weight:600}
 .tags{color:#555;text-align:left;font-size:12px}
 ";
 
-/// Escapes text for HTML (control characters too, as [`crate::escape::control`] shows them).
+/// Escapes text for HTML (control characters too, as [`shoal_gossip::escape::control`] shows them).
 fn esc(s: &str) -> String {
-    let s = crate::escape::control(s);
+    let s = shoal_gossip::escape::control(s);
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -172,7 +172,7 @@ impl View<'_> {
 }
 
 /// Renders the page for query `params` (`sort`, `dir=asc|desc`, `refresh=0|1`).
-pub fn page(b: &Balancer, params: &[(&str, &str)]) -> String {
+pub fn page(b: &State, params: &[(&str, &str)]) -> String {
     let param = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     let sort = param("sort").filter(|s| SERVER_COLUMNS.iter().any(|c| c.key == *s)).unwrap_or("name");
     let view =

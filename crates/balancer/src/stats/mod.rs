@@ -13,7 +13,6 @@
 
 mod html;
 mod prom;
-pub mod rows;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,15 +29,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::Balancer;
+use crate::admin::same_secret;
 use crate::conn::{ConnState, GuardedIo, IoTimeouts};
-use rows::Snapshot;
-
-/// Compares two secrets in time independent of where they differ.
-pub fn same_secret(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::report::Snapshot;
+use crate::state::State;
 
 /// Whether the request carries the stats credentials (or none are required).
 fn authorized(req: &Request<Incoming>, auth: Option<&str>, token: Option<&str>) -> bool {
@@ -84,7 +78,7 @@ fn query(req: &Request<Incoming>) -> Vec<(&str, &str)> {
         .collect()
 }
 
-async fn handle(req: Request<Incoming>, b: Balancer) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(req: Request<Incoming>, b: Arc<State>) -> Result<Response<Full<Bytes>>, Infallible> {
     let cfg = b.config();
     let path = req.uri().path().to_string();
     if path == "/;up" {
@@ -150,7 +144,7 @@ async fn handle(req: Request<Incoming>, b: Balancer) -> Result<Response<Full<Byt
 
 /// Serves stats until the task is dropped: at most `limits.max_stats_connections` at once
 /// (beyond, connections wait to be accepted), each with the frontends' head and idle timeouts.
-pub async fn serve(listener: TcpListener, b: Balancer) {
+pub async fn serve(listener: TcpListener, b: Arc<State>) {
     let permits = Arc::new(Semaphore::new(b.config().limits.max_stats_connections));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };

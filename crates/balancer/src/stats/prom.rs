@@ -4,7 +4,7 @@
 //!
 //! `prometheus-client` escapes `\`, `"` and `\n` in label values, not `\r` or
 //! other control characters: member names are passed through
-//! [`crate::escape::control`] first, so a label value is always one clean line.
+//! [`shoal_gossip::escape::control`] first, so a label value is always one clean line.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,11 +20,11 @@ use prometheus_client::registry::Registry;
 use shoal_agent::AgentStats;
 use shoal_gossip::{DropReason, MemberStatus};
 
-use super::rows::state_name;
-use crate::Balancer;
 use crate::metrics::{FrontendStats, Histogram, LATENCY_BUCKETS};
 use crate::pool::Pool;
+use crate::report::state_name;
 use crate::server::Server;
+use crate::state::State;
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -84,7 +84,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A label value from names that may be remote input.
 fn label(v: &str) -> String {
-    crate::escape::control(v).into_owned()
+    shoal_gossip::escape::control(v).into_owned()
 }
 const STATES: [&str; 6] = ["UP", "DOWN", "DOWN (checking)", "DRAIN", "MAINT", "NOLB"];
 
@@ -350,7 +350,7 @@ impl Collector for Scrape {
 }
 
 /// The metrics text for one scrape.
-pub async fn render(b: &Balancer) -> String {
+pub async fn render(b: &State) -> String {
     let agent = b.agent();
     let stats = match &agent {
         Some(a) => a.stats().await.ok(),

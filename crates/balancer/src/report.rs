@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use shoal_gossip::{MemberStatus, Tags};
 
-use crate::Balancer;
 use crate::pool::Pool;
 use crate::server::{Admin, Health, Server};
+use crate::state::State;
 
 /// HAProxy's stats fields, in order (`show stat` / `;csv`), as HAProxy 2.6 prints them.
 pub const FIELDS: [&str; 103] = [
@@ -206,13 +206,13 @@ pub struct Snapshot {
 /// A CSV field: control characters escaped (a value is always one line), quoted when it holds
 /// a comma or a quote.
 fn csv_escape(v: &str) -> std::borrow::Cow<'_, str> {
-    let v = crate::escape::control(v);
+    let v = shoal_gossip::escape::control(v);
     if v.contains([',', '"']) { format!("\"{}\"", v.replace('"', "\"\"")).into() } else { v }
 }
 
 impl Snapshot {
     /// Collects the rows of every frontend, pool and server.
-    pub fn collect(b: &Balancer) -> Snapshot {
+    pub fn collect(b: &State) -> Snapshot {
         let now = Instant::now();
         let max_connections = b.max_connections();
         let mut rows = Vec::new();
