@@ -76,15 +76,6 @@ async fn request(front: SocketAddr, path: Path, cookie: Option<&str>) -> Raw {
     parse(&raw_exchange(front, req.as_bytes(), Duration::from_secs(5)).await)
 }
 
-/// Polls `f` until it holds (10 s at most).
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(10), "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn info_value(b: &Balancer, key: &str) -> String {
     let info = b.command("show info");
     let prefix = format!("{key}: ");

@@ -268,11 +268,7 @@ async fn reload_applies_new_routes_keeps_connections_and_refuses_bad_configs() {
         member("echo", h.balancer.pools()["backend"].servers()[0].addr, Alive, &[]),
         member("api", api, Alive, &[("role", "api")]),
     ]);
-    let start = Instant::now();
-    while h.balancer.pools()["api"].view().servers.is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the api pool serves", || !h.balancer.pools()["api"].view().servers.is_empty()).await;
     // The same connection sees the new routes.
     let resp = sender.send_request(req("/api/users")).await.unwrap();
     assert_eq!(resp.headers()["x-backend"], "api");
@@ -288,7 +284,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
         let (c, url) = (c.clone(), h.url("/slow/500"));
         async move { get(&c, &url, &[]).await.0 }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let backend = h.balancer.pools()["backend"].clone();
+    wait_until("the slow request is in flight", || backend.active() == 1).await;
     let b = h.balancer.clone();
     let started = Instant::now();
     b.shutdown().await;
@@ -328,15 +325,19 @@ async fn a_client_that_stops_reading_is_dropped_after_the_client_timeout() {
     let h = Harness::with_config(cfg).await;
     h.set(vec![member("firehose", firehose_backend().await, Alive, &[])]);
     h.wait_serving(1).await;
-    // A bodiless GET (the HTTP/1 fast path) and a POST with a body (the general path).
+    // A bodiless GET and a POST with a body.
     for request in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
     ] {
         let mut s = TcpStream::connect(h.front).await.unwrap();
         s.write_all(request).await.unwrap();
-        // Read nothing while the socket buffers fill up, well past the client timeout.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Read nothing while the socket buffers fill up, until the balancer has let go.
+        wait_until("the connection is open", || h.balancer.open_connections() == 1).await;
+        wait_until("the balancer dropped the client that reads nothing", || {
+            h.balancer.open_connections() == 0
+        })
+        .await;
         let mut got = 0usize;
         let mut buf = vec![0u8; 1 << 20];
         let drained = tokio::time::timeout(Duration::from_secs(10), async {

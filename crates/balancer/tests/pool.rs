@@ -70,7 +70,8 @@ async fn a_draining_server_finishes_its_in_flight_requests() {
         let (c, url) = (c.clone(), h.url("/slow/700"));
         async move { get(&c, &url, &[]).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let backend = h.balancer.pools()["backend"].clone();
+    wait_until("the slow request is in flight at one", || backend.active() == 1).await;
     h.set(vec![member("one", a1, Leaving, &[]), member("two", a2, Alive, &[])]);
     h.wait_names(&["two"]).await;
     let (status, headers, _) = get(&c, &h.url("/echo"), &[]).await;
@@ -92,7 +93,11 @@ async fn a_newcomer_is_routed_only_once_its_health_check_passes() {
     // web-2's agent is up but its app is not listening yet.
     let dead = dead_addr().await;
     h.set(vec![member("one", a1, Alive, &[]), member("late", dead, Alive, &[])]);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pool = h.balancer.pools()["backend"].clone();
+    let failed_checks = || {
+        pool.server("late").map_or(0, |s| s.stats.check_failures.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    wait_until("three checks of the newcomer failed", || failed_checks() >= 3).await;
     assert_eq!(h.serving(), ["one"], "not routed before a passing check");
     let c = client();
     for _ in 0..10 {
@@ -113,19 +118,24 @@ async fn killing_a_backend_under_load_fails_no_get() {
     h.wait_serving(3).await;
     let c = client();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let load = tokio::spawn({
-        let (c, url, stop) = (c.clone(), h.url("/"), stop.clone());
+        let (c, url, stop, done) = (c.clone(), h.url("/"), stop.clone(), done.clone());
         async move {
             let mut statuses = HashMap::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 *statuses.entry(get(&c, &url, &[]).await.0.as_u16()).or_insert(0) += 1;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             statuses
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served = || done.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until("the load is running", || served() >= 50).await;
     apps[1].abort(); // the app dies with its connections; its membership still says alive
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let at_kill = served();
+    wait_until("web-2 is ejected", || !h.serving().contains(&"web-2".to_string())).await;
+    wait_until("100 more requests after the kill", || served() >= at_kill + 100).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = load.await.unwrap();
     let total: u32 = statuses.values().sum();
@@ -174,7 +184,11 @@ async fn failing_health_checks_take_a_server_out() {
     let h = Harness::new(p).await;
     let (a1, _t1) = webapp("web-1").await;
     h.set(vec![member("web-1", a1, Alive, &[])]);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pool = h.balancer.pools()["backend"].clone();
+    let failed_checks = || {
+        pool.server("web-1").map_or(0, |s| s.stats.check_failures.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    wait_until("three checks of web-1 failed", || failed_checks() >= 3).await;
     assert!(h.serving().is_empty(), "a server failing its check is never routed to");
     let c = client();
     assert_eq!(get(&c, &h.url("/"), &[]).await.0, 503);
