@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs the peers the benchmarks measure Shoal against (Debian packages), idempotently.
+# Installs the peers and load generators the benchmarks use (Debian packages), idempotently:
+# Serf; HAProxy, nginx and Caddy to measure against; wrk and h2load (nghttp2-client) to load
+# them; openssl for the TLS certificate; curl. (taskset is util-linux's, always there.)
+# Waits for a dpkg lock another apt run holds rather than failing.
 set -euo pipefail
-PACKAGES=(serf wrk haproxy nginx-light curl)
+PACKAGES=(serf wrk haproxy nginx-light curl caddy nghttp2-client openssl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -9,6 +12,7 @@ done
 if ((${#missing[@]})); then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    WAIT=(-o DPkg::Lock::Timeout=600)
+    $SUDO apt-get "${WAIT[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get "${WAIT[@]}" install -y -qq --no-install-recommends "${missing[@]}"
 fi

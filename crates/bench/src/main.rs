@@ -5,7 +5,8 @@
 //! * `scale`: the simulator — time for news to reach 99.99 % of members and
 //!   bytes per second per member, for 100 and 1 000 members (full protocol) and
 //!   10 000 (dissemination model), next to Serf's published model.
-//! * `proxy`: wrk through Shoal, HAProxy and nginx; RSS with 10 000 idle connections.
+//! * `proxy`: wrk and h2load through Shoal, HAProxy, nginx and Caddy — GET, POST, TLS,
+//!   HTTP/2, access logs on — Shoal's thread count; RSS with 10 000 idle connections.
 //! * `failover`: joins, kill -9 and graceful stops under load — Shoal next to
 //!   HAProxy reloaded by a Serf event handler (the reference design).
 //! * `pool`: the balancer with 1 000 backends — cost of a membership change,
@@ -44,7 +45,7 @@ enum Command {
     Gossip(gossip::Args),
     /// Simulated clusters: convergence time and traffic per member.
     Scale(scale::Args),
-    /// HTTP proxies: throughput, latency and memory — Shoal vs HAProxy vs nginx.
+    /// HTTP proxies: throughput, latency and memory per kind of request — Shoal vs HAProxy, nginx and Caddy.
     Proxy(proxy::Args),
     /// Failover under load: joins, kill -9, graceful stops — Shoal vs HAProxy reloaded by Serf.
     Failover(failover::Args),

@@ -62,12 +62,18 @@ impl Drop for Proc {
 
 /// Starts `cmd` with its output discarded.
 pub fn spawn(name: impl Into<String>, cmd: &mut Command) -> anyhow::Result<Proc> {
+    spawn_to(name, cmd, Stdio::null(), Stdio::null())
+}
+
+/// Starts `cmd` with its stdout and stderr sent to `stdout` and `stderr`.
+pub fn spawn_to(
+    name: impl Into<String>,
+    cmd: &mut Command,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> anyhow::Result<Proc> {
     let name = name.into();
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
+    let child = cmd.stdout(stdout).stderr(stderr).spawn().with_context(|| format!("cannot start {name}"))?;
     Ok(Proc { child, name })
 }
 
