@@ -450,13 +450,10 @@ impl Balancer {
         let found =
             self.inner.listeners.lock().await.get(&addr).map(|l| (l.frontend.clone(), l.bound.port()));
         let Some((frontend, local_port)) = found else { return };
-        let Ok(_permit) = self.inner.conns.clone().acquire_owned().await else { return };
+        let Ok(permit) = self.inner.conns.clone().acquire_owned().await else { return };
         let ctx = ConnCtx::new(frontend, client, local_port, self.inner.state.access_log.load_full());
         self.inner.state.open_conns.fetch_add(1, Ordering::Relaxed);
-        serve_conn(io, ctx, None, &self.inner).await;
-        if self.inner.state.open_conns.fetch_sub(1, Ordering::Release) == 1 {
-            self.inner.drained.notify_waiters();
-        }
+        serve_conn(io, ctx, None, self.inner.clone(), permit).await;
     }
 
     /// Keeps pools in line with membership, health and ejections.
@@ -553,22 +550,21 @@ impl Balancer {
             let inner = self.inner.clone();
             let tls = tls.clone();
             inner.state.open_conns.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                serve_conn(stream, ctx, tls, &inner).await;
-                drop(permit);
-                if inner.state.open_conns.fetch_sub(1, Ordering::Release) == 1 {
-                    inner.drained.notify_waiters();
-                }
-            });
+            tokio::spawn(serve_conn(stream, ctx, tls, inner, permit));
         }
     }
 }
 
+/// Serves one accepted connection to its end, then releases its place under the connection
+/// cap. This future is the connection's task: what it holds while the connection is idle is
+/// what every idle keep-alive connection costs, so the TLS session and hyper's state are boxed
+/// and only the connections that need them pay for them.
 async fn serve_conn<S: ClientIo>(
-    stream: S,
+    mut stream: S,
     ctx: ConnCtx,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    inner: &Inner,
+    inner: Arc<Inner>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let fe = ctx.frontend.load_full();
     fe.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -582,51 +578,71 @@ async fn serve_conn<S: ClientIo>(
     };
     let max_header = inner.state.cfg.lock().map(|c| c.limits.max_header_bytes).unwrap_or(16 * 1024);
     let mut shutdown = inner.shutdown.subscribe();
-    let fast_path = fe.fast_path;
     match tls {
-        None => serve_http(stream, ctx, fast_path, false, timeouts, max_header, &mut shutdown).await,
-        // Boxed: a TLS session's state is kilobytes, and inline it would size every plain
-        // connection's task for it too.
+        // HTTP/1.1 requests the fast path serves never meet hyper; the first one it does not
+        // serve hands the connection over, with the bytes read so far.
+        None if fe.fast_path => {
+            if let h1::Served::Handoff(read) =
+                h1::serve(&mut stream, &ctx, max_header, &timeouts, &mut shutdown).await
+            {
+                Box::pin(hand_over(read, stream, &ctx, false, timeouts, max_header, &mut shutdown)).await;
+            }
+        }
+        None => {
+            Box::pin(hand_over(Vec::new(), stream, &ctx, false, timeouts, max_header, &mut shutdown)).await
+        }
         Some(acceptor) => {
-            Box::pin(async {
-                match tokio::time::timeout(timeouts.request_headers, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve_http(tls, ctx, fast_path, h2, timeouts, max_header, &mut shutdown).await
-                    }
-                    Ok(Err(e)) => tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(client = %ctx.client, "TLS handshake timed out"),
-                }
-            })
-            .await
+            Box::pin(serve_tls(stream, acceptor, &ctx, fe.fast_path, timeouts, max_header, &mut shutdown))
+                .await
         }
     }
     fe.stats.current_connections.fetch_sub(1, Ordering::Relaxed);
+    drop(permit);
+    if inner.state.open_conns.fetch_sub(1, Ordering::Release) == 1 {
+        inner.drained.notify_waiters();
+    }
 }
 
-/// Serves a connection's HTTP: HTTP/1.1 requests the fast path serves never meet hyper; the
-/// first one it does not serve hands the connection over, with the bytes read so far. HTTP/2
-/// (known from ALPN) and frontends without the fast path go to hyper from the start.
-async fn serve_http<S: ClientIo>(
-    mut stream: S,
-    ctx: ConnCtx,
+/// Serves a TLS connection: the handshake, then HTTP/1.1 on the fast path (HTTP/2, chosen by
+/// ALPN, and frontends without the fast path go to hyper).
+async fn serve_tls<S: ClientIo>(
+    stream: S,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: &ConnCtx,
     fast_path: bool,
-    h2: bool,
     timeouts: IoTimeouts,
     max_header: usize,
     shutdown: &mut watch::Receiver<bool>,
 ) {
+    let mut tls = match tokio::time::timeout(timeouts.request_headers, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(client = %ctx.client, "TLS handshake timed out"),
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let read = if fast_path && !h2 {
-        match h1::serve(&mut stream, &ctx, max_header, timeouts, shutdown).await {
+        match h1::serve(&mut tls, ctx, max_header, &timeouts, shutdown).await {
             h1::Served::Handoff(read) => read,
             h1::Served::Closed => return,
         }
     } else {
         Vec::new()
     };
+    Box::pin(hand_over(read, tls, ctx, h2, timeouts, max_header, shutdown)).await;
+}
+
+/// The general path for the rest of a connection: hyper reads `read` first, then `stream`.
+async fn hand_over<S: ClientIo>(
+    read: Vec<u8>,
+    stream: S,
+    ctx: &ConnCtx,
+    h2: bool,
+    timeouts: IoTimeouts,
+    max_header: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) {
     let io = GuardedIo::new(h1::Rewind::new(read, stream), ctx.state.clone(), timeouts, h2);
-    // Boxed: only connections handed over pay for hyper's connection state.
-    Box::pin(run_http(io, ctx, max_header, shutdown)).await;
+    run_http(io, ctx.clone(), max_header, shutdown).await;
 }
 
 async fn run_http<T>(io: GuardedIo<T>, ctx: ConnCtx, max_header: usize, shutdown: &mut watch::Receiver<bool>)

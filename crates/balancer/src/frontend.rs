@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::HeaderValue;
-
 use crate::access_log::AccessLog;
 use crate::config::Timeouts;
 use crate::conn::ConnState;
@@ -87,10 +85,8 @@ pub(crate) struct ConnCtx {
     pub client: SocketAddr,
     /// Shared with the guarded socket.
     pub state: Arc<ConnState>,
-    /// The client's IP as a header value (made once per connection).
-    pub client_ip: HeaderValue,
-    /// The listener's port as a header value.
-    pub port_value: HeaderValue,
+    /// The listener's port.
+    pub local_port: u16,
     /// Where finished requests are logged.
     pub log: Option<Arc<AccessLog>>,
 }
@@ -103,15 +99,7 @@ impl ConnCtx {
         local_port: u16,
         log: Option<Arc<AccessLog>>,
     ) -> ConnCtx {
-        ConnCtx {
-            frontend,
-            client,
-            log,
-            state: Arc::new(ConnState::new()),
-            client_ip: HeaderValue::from_str(&client.ip().to_string())
-                .unwrap_or(HeaderValue::from_static("unknown")),
-            port_value: HeaderValue::from(local_port),
-        }
+        ConnCtx { frontend, client, log, state: Arc::new(ConnState::new()), local_port }
     }
 }
 

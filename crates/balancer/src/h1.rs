@@ -85,7 +85,7 @@ pub(crate) async fn serve<S: ClientIo>(
     io: &mut S,
     ctx: &ConnCtx,
     max_header: usize,
-    timeouts: IoTimeouts,
+    timeouts: &IoTimeouts,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Served {
     let mut buf: Vec<u8> = Vec::new();
@@ -105,43 +105,72 @@ pub(crate) async fn serve<S: ClientIo>(
                 }
             }
         }
-        let head_started = Instant::now();
-        let deadline = head_started + timeouts.request_headers;
-        let frontend = ctx.frontend.load_full();
-        let request = loop {
-            match examine(&buf, ctx, &frontend, max_header) {
-                Examined::Ready(r) => break r,
-                Examined::Partial if buf.len() < max_header => {}
-                Examined::Partial | Examined::Refused => return Served::Handoff(buf),
-            }
-            match read_until(io, &mut buf, &mut timer, deadline).await {
-                Ok(Some(0)) | Err(_) => return Served::Closed,
-                Ok(Some(_)) => {}
-                Ok(None) if buf.is_empty() => {
-                    // Woken, yet nothing came: an idle connection, closed without a word.
-                    ctx.state.timed_out.store(true, Ordering::Relaxed);
-                    return Served::Closed;
-                }
-                Ok(None) => {
-                    ctx.state.timed_out.store(true, Ordering::Relaxed);
-                    tracing::debug!(client = %ctx.client, "request head incomplete after {:?}: 408", timeouts.request_headers);
-                    send(io, RESPONSE_408, timeouts.client).await;
-                    return Served::Closed;
-                }
-            }
-        };
-        let head_len = request.head_len;
-        let close = request.close || *shutdown.borrow();
-        let txn = Txn::begin(ctx, frontend, head_started.elapsed(), || request.line.clone());
-        // Boxed: between requests the connection's task then holds a pointer, not a request.
-        let keep = Box::pin(proxy(io, &mut buf, txn, request, close, timeouts.client)).await;
-        if !keep {
-            return Served::Closed;
+        // Boxed: between requests the connection's task holds a pointer, not a request's state.
+        let request = Box::pin(one_request(io, ctx, &mut buf, &mut timer, max_header, timeouts, shutdown));
+        match request.await {
+            Next::Continue => {}
+            Next::Closed => return Served::Closed,
+            Next::Handoff => return Served::Handoff(buf),
         }
-        buf.drain(..head_len);
         first = false;
         idle_since = Instant::now();
     }
+}
+
+/// What follows one request on a connection.
+enum Next {
+    /// Another request may come.
+    Continue,
+    /// The connection is over.
+    Closed,
+    /// The request in the buffer is for the general path.
+    Handoff,
+}
+
+/// Reads a request head (408 when it does not complete in time), plans it and forwards it;
+/// the next request's bytes stay in `buf`.
+async fn one_request<S: ClientIo>(
+    io: &mut S,
+    ctx: &ConnCtx,
+    buf: &mut Vec<u8>,
+    timer: &mut LazyTimer,
+    max_header: usize,
+    timeouts: &IoTimeouts,
+    shutdown: &watch::Receiver<bool>,
+) -> Next {
+    let head_started = Instant::now();
+    let deadline = head_started + timeouts.request_headers;
+    let frontend = ctx.frontend.load_full();
+    let request = loop {
+        match examine(buf, ctx, &frontend, max_header) {
+            Examined::Ready(r) => break r,
+            Examined::Partial if buf.len() < max_header => {}
+            Examined::Partial | Examined::Refused => return Next::Handoff,
+        }
+        match read_until(io, buf, timer, deadline).await {
+            Ok(Some(0)) | Err(_) => return Next::Closed,
+            Ok(Some(_)) => {}
+            Ok(None) if buf.is_empty() => {
+                // Woken, yet nothing came: an idle connection, closed without a word.
+                ctx.state.timed_out.store(true, Ordering::Relaxed);
+                return Next::Closed;
+            }
+            Ok(None) => {
+                ctx.state.timed_out.store(true, Ordering::Relaxed);
+                tracing::debug!(client = %ctx.client, "request head incomplete after {:?}: 408", timeouts.request_headers);
+                send(io, RESPONSE_408, timeouts.client).await;
+                return Next::Closed;
+            }
+        }
+    };
+    let head_len = request.head_len;
+    let close = request.close || *shutdown.borrow();
+    let txn = Txn::begin(ctx, frontend, head_started.elapsed(), || request.line.clone());
+    if !proxy(io, buf, txn, request, close, timeouts.client).await {
+        return Next::Closed;
+    }
+    buf.drain(..head_len);
+    Next::Continue
 }
 
 enum Wake {

@@ -16,6 +16,7 @@
 //! Adapters only move bytes and translate framing; a rule or a counter added here holds on
 //! every protocol.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -213,10 +214,10 @@ pub(crate) fn upstream_head(
             out.field(b"cookie", &cookie);
         }
     }
-    forwarded_for.extend_from_slice(ctx.client_ip.as_bytes());
+    let _ = write!(forwarded_for, "{}", ctx.client.ip());
     out.field(b"x-forwarded-for", &forwarded_for);
     out.field(b"x-forwarded-proto", if tls { b"https" } else { b"http" });
-    out.field(b"x-forwarded-port", ctx.port_value.as_bytes());
+    out.field(b"x-forwarded-port", itoa(u64::from(ctx.local_port), &mut [0; 20]));
     match framing {
         BodyFraming::None => {}
         BodyFraming::Length(n) => out.field(b"content-length", itoa(n, &mut [0; 20])),
