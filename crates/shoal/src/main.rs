@@ -27,6 +27,9 @@ fn main() -> std::process::ExitCode {
     };
     let log_tap = logging::init(&cli.log, verbosity);
     let threads = match &cli.command {
+        // An agent's work is one gossip task, the RPC server and the event handlers: none of it
+        // needs a second core, and a worker thread per core costs memory in every container.
+        Command::Agent(_) => Some(1),
         Command::Balancer(b) => b.threads,
         _ => None,
     };
