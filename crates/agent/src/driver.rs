@@ -504,15 +504,18 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut streams: mpsc::Receiver<StreamMsg>) {
-        let mut buf = vec![0u8; 65_536];
+        // Room for the largest datagram, written only as far as datagrams reach: gossip packets
+        // are ~1.4 KB, so most of it never becomes resident.
+        let mut buf = Vec::with_capacity(65_536);
         let mut snapshot_tick = tokio::time::interval(Duration::from_millis(500));
         let mut address_tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             let deadline =
                 self.gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            buf.clear();
             tokio::select! {
-                r = self.udp.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.gossip.handle_packet(Instant::now(), from, &buf[..n]),
+                r = self.udp.recv_buf_from(&mut buf) => match r {
+                    Ok((_, from)) => self.gossip.handle_packet(Instant::now(), from, &buf),
                     Err(e) => tracing::debug!(error = %e, "UDP receive error"),
                 },
                 Some(m) = streams.recv() => match m {
