@@ -5,6 +5,7 @@ mod balancer_cmd;
 mod cli;
 mod client_cmds;
 mod demo_cmd;
+mod log_limit;
 mod logging;
 mod render_cmd;
 mod server_cmd;
@@ -25,7 +26,8 @@ fn main() -> std::process::ExitCode {
         Command::Demo(_) => logging::Verbosity::Demo,
         _ => logging::Verbosity::Client,
     };
-    let log_tap = logging::init(&cli.log, verbosity);
+    let logging = logging::init(&cli.log, verbosity);
+    let log_tap = logging.tap.clone();
     let threads = match &cli.command {
         // An agent's work is one gossip task, the RPC server and the event handlers: none of it
         // needs a second core, and a worker thread per core costs memory in every container.
@@ -69,6 +71,7 @@ fn main() -> std::process::ExitCode {
             Command::Info(a) => client_cmds::info(a).await,
         }
     });
+    logging.limit.report_suppressed();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
