@@ -183,8 +183,11 @@ impl DependencyLimit {
         let now = (self.inner.clock)();
         let report = {
             let mut sites = self.inner.sites.lock().unwrap_or_else(PoisonError::into_inner);
-            let key =
-                if sites.len() >= MAX_SITES && !sites.contains_key(&key) { SiteKey::Overflow } else { key };
+            let (key, target) = if sites.len() >= MAX_SITES && !sites.contains_key(&key) {
+                (SiteKey::Overflow, Cow::Borrowed("dependencies beyond the first call sites"))
+            } else {
+                (key, target)
+            };
             let rate = self.inner.rate;
             let bucket = sites
                 .entry(key)
@@ -483,6 +486,13 @@ mod tests {
         assert_eq!(limit.inner.sites.lock().unwrap().len(), MAX_SITES + 1);
         // The first MAX_SITES call sites pass once each; the 50 beyond share one burst.
         assert_eq!(lines.take().len(), MAX_SITES + BURST as usize);
+        limit.report_suppressed();
+        let report = lines.take();
+        assert_eq!(report.len(), 1);
+        assert!(
+            report[0].starts_with("shoal::log: dependencies beyond the first call sites: 40 log lines"),
+            "{report:?}"
+        );
     }
 
     #[test]

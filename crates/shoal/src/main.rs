@@ -49,13 +49,14 @@ fn main() -> std::process::ExitCode {
     };
     let level = cli.log.log_level.clone().unwrap_or_else(|| "info".into());
     let log_json = cli.log.log_json;
+    let log_limit = logging.limit.clone();
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Agent(args) => agent_cmd::run(*args, log_tap).await,
             Command::Balancer(args) => balancer_cmd::run(*args, log_tap, log_json).await,
             Command::Server(a) => server_cmd::run(a).await,
             Command::Render(a) => render_cmd::run(a).await,
-            Command::Init(a) => init_cmd(a).await,
+            Command::Init(a) => init_cmd(a, log_limit).await,
             Command::Webapp(args) => webapp_cmd::run(args).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Members(a) => client_cmds::members(a).await,
@@ -82,7 +83,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// `shoal init`: runs until the container should stop, then exits with its code.
-async fn init_cmd(a: cli::InitArgs) -> anyhow::Result<()> {
+async fn init_cmd(a: cli::InitArgs, log_limit: log_limit::DependencyLimit) -> anyhow::Result<()> {
     let cfg = shoal_init::InitConfig {
         cont_init_dir: a.cont_init_dir,
         services_dir: a.services_dir,
@@ -96,5 +97,6 @@ async fn init_cmd(a: cli::InitArgs) -> anyhow::Result<()> {
         main: a.main,
     };
     let code = shoal_init::run(cfg).await?;
+    log_limit.report_suppressed();
     std::process::exit(code);
 }
