@@ -26,10 +26,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::{AgentConfig, ConfigError, JoinTarget, advertise_addr, hostname, load_keys, save_keys};
 use crate::events::{EventSinks, SerfEvent};
+use crate::fanout::Fanout;
 use crate::snapshot::Snapshot;
 
 /// Events waiting to be coalesced for handlers and RPC streams.
 const CORE_EVENT_QUEUE: usize = 8192;
+/// Events a lagging subscriber of [`AgentHandle::subscribe`] or [`AgentHandle::subscribe_serf`]
+/// may fall behind by before it is told how many it missed (allocated at the first subscriber).
+const EVENT_RING: usize = 4096;
 /// Inbound TCP exchanges handled at once (memberlist's limit).
 const MAX_INBOUND_STREAMS: usize = 128;
 /// Bytes all gossip streams together (in and out) may buffer at once. One push/pull of a
@@ -148,8 +152,8 @@ enum StreamMsg {
 pub struct AgentHandle {
     commands: mpsc::Sender<Command>,
     members: watch::Receiver<Arc<Membership>>,
-    events: broadcast::Sender<Event>,
-    serf_events: broadcast::Sender<SerfEvent>,
+    events: Arc<Fanout<Event>>,
+    serf_events: Arc<Fanout<SerfEvent>>,
     shutdown: Arc<tokio::sync::Notify>,
     handler_runs: Arc<crate::handlers::HandlerRuns>,
 }
@@ -345,10 +349,10 @@ impl Agent {
         gossip.restore_clocks(previous.clock, previous.event_clock, previous.query_clock);
 
         let (members_tx, members_rx) = watch::channel(Arc::new(membership(&gossip)));
-        let (events_tx, _) = broadcast::channel(4096);
+        let events_tx = Arc::new(Fanout::new(EVENT_RING));
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (stream_tx, stream_rx) = mpsc::channel(256);
-        let (serf_tx, _) = broadcast::channel(4096);
+        let serf_tx = Arc::new(Fanout::new(EVENT_RING));
         let (core_events_tx, core_events_rx) = mpsc::channel(CORE_EVENT_QUEUE);
         let handle = AgentHandle {
             commands: cmd_tx,
@@ -482,7 +486,7 @@ struct Driver {
     udp: Arc<UdpSocket>,
     stream_tx: mpsc::Sender<StreamMsg>,
     members_tx: watch::Sender<Arc<Membership>>,
-    events_tx: broadcast::Sender<Event>,
+    events_tx: Arc<Fanout<Event>>,
     joins: HashMap<JoinId, Reply<Result<usize, AgentError>>>,
     queries: HashMap<QueryId, mpsc::Sender<QueryUpdate>>,
     leave_waiters: Vec<Reply<()>>,
@@ -500,15 +504,18 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut streams: mpsc::Receiver<StreamMsg>) {
-        let mut buf = vec![0u8; 65_536];
+        // Room for the largest datagram, written only as far as datagrams reach: gossip packets
+        // are ~1.4 KB, so most of it never becomes resident.
+        let mut buf = Vec::with_capacity(65_536);
         let mut snapshot_tick = tokio::time::interval(Duration::from_millis(500));
         let mut address_tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             let deadline =
                 self.gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            buf.clear();
             tokio::select! {
-                r = self.udp.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.gossip.handle_packet(Instant::now(), from, &buf[..n]),
+                r = self.udp.recv_buf_from(&mut buf) => match r {
+                    Ok((_, from)) => self.gossip.handle_packet(Instant::now(), from, &buf),
                     Err(e) => tracing::debug!(error = %e, "UDP receive error"),
                 },
                 Some(m) = streams.recv() => match m {
@@ -690,7 +697,7 @@ impl Driver {
             Event::User(u) => tracing::info!(name = %u.name, ltime = u.ltime, "user event"),
             Event::Query(q) => tracing::debug!(name = %q.name, from = %q.source, "query"),
         }
-        let _ = self.events_tx.send(e);
+        self.events_tx.send(e);
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use shoal_gossip::{Event, IncomingQuery, Member, MemberEventKind, UserEvent};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 /// An event as Serf's handlers and RPC streams see it.
@@ -230,7 +230,7 @@ impl Window {
 #[derive(Clone)]
 pub(crate) struct EventSinks {
     /// RPC streams and other best-effort subscribers.
-    pub broadcast: broadcast::Sender<SerfEvent>,
+    pub broadcast: std::sync::Arc<crate::fanout::Fanout<SerfEvent>>,
     /// The handler-script runner (bounded: see [`HANDLER_QUEUE`]).
     pub handlers: Option<mpsc::Sender<SerfEvent>>,
     /// Events the handler queue had no room for.
@@ -260,7 +260,7 @@ impl EventSinks {
                 }
             }
         }
-        let _ = self.broadcast.send(e);
+        self.broadcast.send(e);
     }
 }
 

@@ -27,6 +27,7 @@
 mod config;
 mod driver;
 pub mod events;
+mod fanout;
 pub mod handlers;
 mod join;
 mod keys;
@@ -40,6 +41,7 @@ pub use driver::{
     Agent, AgentError, AgentHandle, AgentStats, Membership, QueryUpdate, read_frame, resolve, tags_line,
 };
 pub use events::{Coalescing, EventFilter, SerfEvent};
+pub use fanout::Fanout;
 pub use handlers::HandlerSpec;
 pub use keys::{KeyOp, KeyReport};
 pub use snapshot::Previous;

@@ -4,7 +4,11 @@
 //!
 //! * join: from spawning a new agent process to the observer listing it alive;
 //! * failure: from `kill -9` of a member to the observer listing it failed;
-//! * memory: resident set size of each agent once the cluster has settled.
+//! * memory: resident set size (and its anonymous part) of the first `--nodes` agents once
+//!   the cluster has settled, and again after the measured joins and kills (median over them).
+//!
+//! `--baseline PATH` measures a second Shoal binary (say, the previous build) the same way in
+//! the same run, so that a change's cost or saving is seen side by side.
 
 use std::net::{TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use shoal_rpc::RpcClient;
 
+use crate::procs::{Memory, memory};
 use crate::stats::{median_u64, ms, summary};
 
 #[derive(Debug, clap::Args)]
@@ -29,6 +34,9 @@ pub struct Args {
     /// The serf binary.
     #[arg(long, default_value = "serf")]
     serf: String,
+    /// Another shoal binary (e.g. the build before a change) to measure side by side.
+    #[arg(long)]
+    baseline: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +44,8 @@ enum Impl {
     Serf,
     ShoalLan,
     ShoalFast,
+    BaselineLan,
+    BaselineFast,
 }
 
 impl Impl {
@@ -44,6 +54,20 @@ impl Impl {
             Impl::Serf => "serf 0.9.4 (lan)",
             Impl::ShoalLan => "shoal (lan)",
             Impl::ShoalFast => "shoal (fast)",
+            Impl::BaselineLan => "baseline (lan)",
+            Impl::BaselineFast => "baseline (fast)",
+        }
+    }
+
+    /// The Shoal binary and profile, or None for Serf.
+    fn shoal(self, args: &Args) -> Option<(&str, &'static str)> {
+        let baseline = args.baseline.as_deref().unwrap_or(&args.shoal);
+        match self {
+            Impl::Serf => None,
+            Impl::ShoalLan => Some((&args.shoal, "lan")),
+            Impl::ShoalFast => Some((&args.shoal, "fast")),
+            Impl::BaselineLan => Some((baseline, "lan")),
+            Impl::BaselineFast => Some((baseline, "fast")),
         }
     }
 }
@@ -73,8 +97,8 @@ fn free_port(next: &mut u16) -> u16 {
 
 fn spawn(args: &Args, which: Impl, name: &str, ports: &mut u16, join: Option<u16>) -> anyhow::Result<Agent> {
     let (gossip, rpc) = (free_port(ports), free_port(ports));
-    let mut cmd = match which {
-        Impl::Serf => {
+    let mut cmd = match which.shoal(args) {
+        None => {
             let mut c = Command::new(&args.serf);
             c.args(["agent", &format!("-node={name}"), &format!("-bind=127.0.0.1:{gossip}")]);
             c.arg(format!("-rpc-addr=127.0.0.1:{rpc}"));
@@ -83,9 +107,8 @@ fn spawn(args: &Args, which: Impl, name: &str, ports: &mut u16, join: Option<u16
             }
             c
         }
-        Impl::ShoalLan | Impl::ShoalFast => {
-            let mut c = Command::new(&args.shoal);
-            let profile = if which == Impl::ShoalFast { "fast" } else { "lan" };
+        Some((binary, profile)) => {
+            let mut c = Command::new(binary);
             c.args(["agent", "--node", name, "--bind", &format!("127.0.0.1:{gossip}")]);
             c.args(["--rpc-addr", &format!("127.0.0.1:{rpc}"), "--profile", profile, "--log-level", "warn"]);
             if let Some(j) = join {
@@ -134,18 +157,21 @@ async fn wait_status(
     None
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 struct Result {
     joins: Vec<Duration>,
     failures: Vec<Duration>,
-    rss: Option<u64>,
+    /// Once the first `--nodes` agents have converged.
+    settled: Option<Memory>,
+    /// The same agents after the measured joins and kills.
+    churned: Option<Memory>,
+}
+
+/// The median RSS and the median anonymous memory over `agents`.
+fn median_memory(agents: &[Agent]) -> Option<Memory> {
+    let all: Vec<Memory> = agents.iter().filter_map(|a| memory(a.child.id())).collect();
+    let rss = median_u64(&all.iter().map(|m| m.rss_kib).collect::<Vec<_>>())?;
+    let anon = median_u64(&all.iter().map(|m| m.anon_kib).collect::<Vec<_>>())?;
+    Some(Memory { rss_kib: rss, anon_kib: anon })
 }
 
 async fn measure(args: &Args, which: Impl, ports: &mut u16) -> anyhow::Result<Result> {
@@ -169,6 +195,7 @@ async fn measure(args: &Args, which: Impl, ports: &mut u16) -> anyhow::Result<Re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = median_memory(&agents);
 
     let mut joins = Vec::new();
     let mut victims = Vec::new();
@@ -184,7 +211,6 @@ async fn measure(args: &Args, which: Impl, ports: &mut u16) -> anyhow::Result<Re
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss: Vec<u64> = agents.iter().chain(&victims).filter_map(|a| rss_kib(a.child.id())).collect();
 
     let mut failures = Vec::new();
     for mut victim in victims {
@@ -197,13 +223,17 @@ async fn measure(args: &Args, which: Impl, ports: &mut u16) -> anyhow::Result<Re
         drop(victim);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(Result { joins, failures, rss: median_u64(&rss) })
+    Ok(Result { joins, failures, settled, churned: median_memory(&agents) })
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut ports = 30_000;
     let mut results = Vec::new();
-    for which in [Impl::Serf, Impl::ShoalLan, Impl::ShoalFast] {
+    let mut which = vec![Impl::Serf, Impl::ShoalLan, Impl::ShoalFast];
+    if args.baseline.is_some() {
+        which.extend([Impl::BaselineLan, Impl::BaselineFast]);
+    }
+    for which in which {
         let r = measure(&args, which, &mut ports).await?;
         results.push((which, r));
     }
@@ -213,41 +243,60 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.nodes, args.rounds
     );
     println!(
-        "{:<18} {:>22} {:>30} {:>12}",
-        "", "join seen (p50 / max)", "kill -9 → failed (p50 / min / max)", "RSS median"
+        "RSS: median over the first {} agents, settled and after the joins and kills (anonymous part)",
+        args.nodes
     );
-    let serf = results.iter().find(|(w, _)| *w == Impl::Serf).map(|(_, r)| r);
+    println!(
+        "{:<18} {:>22} {:>30} {:>22} {:>22}",
+        "", "join seen (p50 / max)", "kill -9 → failed (p50 / min / max)", "RSS settled", "RSS after churn"
+    );
+    let mem = |m: Option<Memory>| {
+        m.map_or("-".into(), |m| format!("{} (anon {})", mib(m.rss_kib), mib(m.anon_kib)))
+    };
     for (which, r) in &results {
         let j = summary(&r.joins);
         let f = summary(&r.failures);
         println!(
-            "{:<18} {:>22} {:>30} {:>12}",
+            "{:<18} {:>22} {:>30} {:>22} {:>22}",
             which.label(),
             j.map_or("-".into(), |s| format!("{} / {}", ms(s.p50), ms(s.max))),
             f.map_or("-".into(), |s| format!("{} / {} / {}", ms(s.p50), ms(s.min), ms(s.max))),
-            r.rss.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            mem(r.settled),
+            mem(r.churned),
         );
     }
-    if let Some(serf) = serf {
-        println!();
-        for (which, r) in results.iter().filter(|(w, _)| *w != Impl::Serf) {
-            let ratio = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-                (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64()),
-                _ => "-".into(),
-            };
-            let p50 = |v: &[Duration]| summary(v).map(|s| s.p50);
-            let mem = match (r.rss, serf.rss) {
-                (Some(a), Some(b)) if b > 0 => format!("{:.2}x", a as f64 / b as f64),
-                _ => "-".into(),
-            };
-            println!(
-                "{} vs serf: join {}, failure detection {}, memory {} (below 1 is better)",
-                which.label(),
-                ratio(p50(&r.joins), p50(&serf.joins)),
-                ratio(p50(&r.failures), p50(&serf.failures)),
-                mem
-            );
+    let get = |w: Impl| results.iter().find(|(x, _)| *x == w).map(|(_, r)| r);
+    println!();
+    let pairs = [
+        (Impl::ShoalLan, Impl::Serf),
+        (Impl::ShoalFast, Impl::Serf),
+        (Impl::BaselineLan, Impl::Serf),
+        (Impl::BaselineFast, Impl::Serf),
+        (Impl::ShoalLan, Impl::BaselineLan),
+        (Impl::ShoalFast, Impl::BaselineFast),
+    ];
+    for (a, b) in pairs {
+        if let (Some(ra), Some(rb)) = (get(a), get(b)) {
+            println!("{} vs {}: {} (below 1 is better)", a.label(), b.label(), ratios(ra, rb));
         }
     }
     Ok(())
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Join and failure-detection medians and RSS, `a` over `b`.
+fn ratios(a: &Result, b: &Result) -> String {
+    let ratio = |x: f64, y: f64| if y > 0.0 { format!("{:.2}x", x / y) } else { "-".into() };
+    let p50 = |v: &[Duration]| summary(v).map_or(0.0, |s| s.p50.as_secs_f64());
+    let rss = |m: Option<Memory>| m.map_or(0.0, |m| m.rss_kib as f64);
+    format!(
+        "join {}, failure detection {}, RSS settled {}, RSS after churn {}",
+        ratio(p50(&a.joins), p50(&b.joins)),
+        ratio(p50(&a.failures), p50(&b.failures)),
+        ratio(rss(a.settled), rss(b.settled)),
+        ratio(rss(a.churned), rss(b.churned)),
+    )
 }

@@ -60,6 +60,26 @@ impl Drop for Proc {
     }
 }
 
+/// Resident memory of one process, from `/proc/PID/smaps_rollup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident set size (what `ps` shows): private memory plus the pages of the executable
+    /// and libraries mapped in, which processes running the same binary share.
+    pub rss_kib: u64,
+    /// Anonymous memory (heap, stacks, written data): what this process alone costs.
+    pub anon_kib: u64,
+}
+
+/// `pid`'s resident memory, or None when it is gone.
+pub fn memory(pid: u32) -> Option<Memory> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = rollup.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    };
+    Some(Memory { rss_kib: field("Rss:")?, anon_kib: field("Anonymous:")? })
+}
+
 /// Starts `cmd` with its output discarded.
 pub fn spawn(name: impl Into<String>, cmd: &mut Command) -> anyhow::Result<Proc> {
     spawn_to(name, cmd, Stdio::null(), Stdio::null())

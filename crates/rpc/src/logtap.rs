@@ -2,8 +2,10 @@
 //! Serf's format: `2026/11/25 13:04:15 [INFO] target: message key=value`.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use shoal_agent::Fanout;
 use tokio::sync::broadcast;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -18,15 +20,16 @@ pub struct LogLine {
     pub line: String,
 }
 
-/// Fans log lines out to monitors; costs nothing while nobody listens.
+/// Fans log lines out to monitors; costs nothing while nobody listens (its ring of 1 024 lines
+/// is allocated when the first monitor arrives).
 #[derive(Debug, Clone)]
 pub struct LogTap {
-    tx: broadcast::Sender<LogLine>,
+    tx: Arc<Fanout<LogLine>>,
 }
 
 impl Default for LogTap {
     fn default() -> Self {
-        LogTap { tx: broadcast::channel(1024).0 }
+        LogTap { tx: Arc::new(Fanout::new(1024)) }
     }
 }
 
@@ -101,7 +104,7 @@ impl Visit for Fields {
 
 impl<S: Subscriber> Layer<S> for LogTap {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if self.tx.receiver_count() == 0 {
+        if !self.tx.has_subscribers() {
             return;
         }
         let mut fields = Fields::default();
@@ -115,7 +118,7 @@ impl<S: Subscriber> Layer<S> for LogTap {
             fields.message,
             fields.rest
         );
-        let _ = self.tx.send(LogLine { level: *meta.level(), line });
+        self.tx.send(LogLine { level: *meta.level(), line });
     }
 }
 

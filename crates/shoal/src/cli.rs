@@ -22,6 +22,8 @@ pub struct Cli {
 pub struct LogArgs {
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as `shoal_gossip=debug`)
     /// [default: info; `demo` shows only the balancer's server changes: warn,shoal::server=info].
+    /// Lines that pass it from a dependency (any target outside `shoal*`) are limited per call
+    /// site to 10 at once, then one every 10 s; how many were dropped is logged.
     #[arg(long, global = true, env = "SHOAL_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Write logs as JSON lines.

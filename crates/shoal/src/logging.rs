@@ -1,5 +1,6 @@
 //! Log output: human-readable lines by default, JSON lines with `--log-json`;
-//! long-running roles also feed a [`LogTap`] for `shoal monitor`.
+//! long-running roles also feed a [`LogTap`] for `shoal monitor`. Dependencies' lines are
+//! rate-limited per call site ([`crate::log_limit`]).
 
 use shoal_rpc::LogTap;
 use tracing_subscriber::EnvFilter;
@@ -7,6 +8,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogArgs;
+use crate::log_limit::DependencyLimit;
 
 /// What a command logs unless `--log-level` says otherwise.
 #[derive(Debug, Clone, Copy)]
@@ -19,8 +21,18 @@ pub enum Verbosity {
     Demo,
 }
 
-/// Installs the global subscriber; `RUST_LOG` overrides `--log-level` when set.
-pub fn init(args: &LogArgs, verbosity: Verbosity) -> LogTap {
+/// What [`init`] hands back: the copy of the log for `shoal monitor`, and the dependency limit
+/// whose pending counts are reported at exit.
+pub struct Logging {
+    /// Log lines for `shoal monitor`.
+    pub tap: LogTap,
+    /// The rate limit on dependencies' lines.
+    pub limit: DependencyLimit,
+}
+
+/// Installs the global subscriber; `RUST_LOG` overrides `--log-level` when set. The level filter
+/// runs first, then the dependency limit, then the outputs.
+pub fn init(args: &LogArgs, verbosity: Verbosity) -> Logging {
     let level = match (verbosity, &args.log_level) {
         (Verbosity::Client, _) => "warn",
         (_, Some(level)) => level.as_str(),
@@ -33,12 +45,13 @@ pub fn init(args: &LogArgs, verbosity: Verbosity) -> LogTap {
     let level = if level.contains("rustls") { level.to_string() } else { format!("{level},rustls=error") };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let tap = LogTap::default();
-    let registry = tracing_subscriber::registry().with(filter).with(tap.clone());
+    let limit = DependencyLimit::default();
+    let registry = tracing_subscriber::registry().with(filter).with(limit.clone()).with(tap.clone());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if args.log_json {
         registry.with(fmt.json().flatten_event(true)).init();
     } else {
         registry.with(fmt.with_target(false)).init();
     }
-    tap
+    Logging { tap, limit }
 }

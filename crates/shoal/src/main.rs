@@ -5,6 +5,7 @@ mod balancer_cmd;
 mod cli;
 mod client_cmds;
 mod demo_cmd;
+mod log_limit;
 mod logging;
 mod render_cmd;
 mod server_cmd;
@@ -25,8 +26,12 @@ fn main() -> std::process::ExitCode {
         Command::Demo(_) => logging::Verbosity::Demo,
         _ => logging::Verbosity::Client,
     };
-    let log_tap = logging::init(&cli.log, verbosity);
+    let logging = logging::init(&cli.log, verbosity);
+    let log_tap = logging.tap.clone();
     let threads = match &cli.command {
+        // An agent's work is one gossip task, the RPC server and the event handlers: none of it
+        // needs a second core, and a worker thread per core costs memory in every container.
+        Command::Agent(_) => Some(1),
         Command::Balancer(b) => b.threads,
         _ => None,
     };
@@ -44,13 +49,14 @@ fn main() -> std::process::ExitCode {
     };
     let level = cli.log.log_level.clone().unwrap_or_else(|| "info".into());
     let log_json = cli.log.log_json;
+    let log_limit = logging.limit.clone();
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Agent(args) => agent_cmd::run(*args, log_tap).await,
             Command::Balancer(args) => balancer_cmd::run(*args, log_tap, log_json).await,
             Command::Server(a) => server_cmd::run(a).await,
             Command::Render(a) => render_cmd::run(a).await,
-            Command::Init(a) => init_cmd(a).await,
+            Command::Init(a) => init_cmd(a, log_limit).await,
             Command::Webapp(args) => webapp_cmd::run(args).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Members(a) => client_cmds::members(a).await,
@@ -66,6 +72,7 @@ fn main() -> std::process::ExitCode {
             Command::Info(a) => client_cmds::info(a).await,
         }
     });
+    logging.limit.report_suppressed();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -76,7 +83,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// `shoal init`: runs until the container should stop, then exits with its code.
-async fn init_cmd(a: cli::InitArgs) -> anyhow::Result<()> {
+async fn init_cmd(a: cli::InitArgs, log_limit: log_limit::DependencyLimit) -> anyhow::Result<()> {
     let cfg = shoal_init::InitConfig {
         cont_init_dir: a.cont_init_dir,
         services_dir: a.services_dir,
@@ -90,5 +97,6 @@ async fn init_cmd(a: cli::InitArgs) -> anyhow::Result<()> {
         main: a.main,
     };
     let code = shoal_init::run(cfg).await?;
+    log_limit.report_suppressed();
     std::process::exit(code);
 }
