@@ -20,14 +20,14 @@ pub(crate) enum Unanswered {
     Client(ClientBodyError),
 }
 
-/// Forwards a request — `request` is its head (with its body when that is buffered), `body`
+/// Forwards a request — `request` is its head and its body when that is buffered, `body`
 /// the rest of it streamed from the client — and returns the answering server and its final
-/// response head. `resendable`: the whole request is in `request`, so it may go out twice.
+/// response head.
 pub(crate) async fn forward<S: HeaderSink + Default + Send>(
     plan: &Plan,
     fe: &Frontend,
     txn: &mut Txn,
-    request: &[u8],
+    request: [&[u8]; 2],
     body: &mut impl BodyStream,
     interim: &mut impl Interim<S>,
     close: bool,

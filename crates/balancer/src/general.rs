@@ -118,9 +118,9 @@ pub(crate) async fn handle(
         txn.received(b.len() as u64);
     }
     let forwarded = match &mut stream {
-        None => forward(&plan, &fe, &mut txn, &request, &mut NoBody, &mut DropInterim, false).await,
+        None => forward(&plan, &fe, &mut txn, [&request, &[]], &mut NoBody, &mut DropInterim, false).await,
         Some(s) => {
-            let r = forward(&plan, &fe, &mut txn, &request, s, &mut DropInterim, false).await;
+            let r = forward(&plan, &fe, &mut txn, [&request, &[]], s, &mut DropInterim, false).await;
             txn.received(s.total);
             r
         }

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::buffers;
 use crate::codec::{BadFraming, Chunks, Framing, HeaderSink, MAX_HEADERS, local_answer, status_line};
 use crate::conn::{IoTimeouts, LazyTimer, RESPONSE_408};
 use crate::forward::{Unanswered, forward};
@@ -94,7 +95,7 @@ pub(crate) async fn serve<S: ClientIo>(
     let mut first = true;
     loop {
         if buf.is_empty() {
-            buf = Vec::new(); // an idle connection holds no buffer
+            buffers::give(std::mem::take(&mut buf)); // an idle connection holds no buffer
             let wait = if first { timeouts.request_headers } else { timeouts.keepalive };
             match wait_readable(io, &mut timer, idle_since + wait, shutdown).await {
                 Wake::Readable => {}
@@ -105,11 +106,17 @@ pub(crate) async fn serve<S: ClientIo>(
                 }
             }
         }
+        if buf.capacity() == 0 {
+            buf = buffers::take();
+        }
         // Boxed: between requests the connection's task holds a pointer, not a request's state.
         let request = Box::pin(one_request(io, ctx, &mut buf, &mut timer, max_header, timeouts, shutdown));
         match request.await {
             Next::Continue => {}
-            Next::Closed => return Served::Closed,
+            Next::Closed => {
+                buffers::give(buf);
+                return Served::Closed;
+            }
             Next::Handoff => return Served::Handoff(buf),
         }
         first = false;
@@ -450,7 +457,7 @@ async fn proxy<S: ClientIo>(
     txn.routed(&req.plan.pool);
     txn.received(req.head_len as u64);
     let start = req.head_len;
-    let mut upstream = req.upstream;
+    let upstream = req.upstream;
     // A small body is read whole and sent with the head: the request can then go out twice.
     let whole = match req.body {
         RequestBody::None => Some(0),
@@ -499,16 +506,17 @@ async fn proxy<S: ClientIo>(
                 txn.cut(*b"CR");
                 return false;
             }
-            upstream.extend_from_slice(&body.buf[start..start + n]);
-            body.buf.drain(start..start + n);
             txn.received(n as u64);
             let mut interim = ToClient { io: &mut *body.io, timeout: client_timeout };
-            forward(&req.plan, &fe, &mut txn, &upstream, &mut NoBody, &mut interim, close).await
+            let request = [upstream.as_slice(), &body.buf[start..start + n]];
+            let result = forward(&req.plan, &fe, &mut txn, request, &mut NoBody, &mut interim, close).await;
+            body.buf.drain(start..start + n);
+            result
         }
         None => {
             // Interim answers are dropped while the body streams: the connection is busy with it.
-            let result =
-                forward(&req.plan, &fe, &mut txn, &upstream, &mut body, &mut DropInterim, close).await;
+            let request = [upstream.as_slice(), &[][..]];
+            let result = forward(&req.plan, &fe, &mut txn, request, &mut body, &mut DropInterim, close).await;
             txn.received(body.total);
             result
         }
@@ -685,6 +693,7 @@ async fn relay<S: ClientIo>(
     if complete {
         txn.complete();
     }
+    buffers::give_bytes(rest);
     if cut_short {
         drop(conn);
         linger(io).await;

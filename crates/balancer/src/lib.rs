@@ -20,6 +20,7 @@ mod access_log;
 mod admin;
 mod admission;
 mod balancer;
+mod buffers;
 mod cidr;
 mod codec;
 mod config;

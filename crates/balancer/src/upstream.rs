@@ -136,13 +136,13 @@ pub(crate) async fn dial(
     Ok(stream)
 }
 
-/// Sends `request` (the head, with a buffered body after it) and then `body`'s bytes to
+/// Sends `request` (the head, then a buffered body) and then `body`'s bytes to
 /// `server`, and reads the final response head, bounded by the server timeout. A 1xx head
 /// goes to `interim`; the final head's fields for the client go to a fresh `S`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange<S: HeaderSink + Default + Send>(
     server: &Arc<Server>,
-    request: &[u8],
+    request: [&[u8]; 2],
     body: &mut impl BodyStream,
     idempotent: bool,
     timeouts: &Timeouts,
@@ -158,13 +158,13 @@ pub(crate) async fn exchange<S: HeaderSink + Default + Send>(
             Err(_) => return Err(ExchangeError::Attempt(Connect)),
         },
     };
-    server.stats.bytes_in.fetch_add(request.len() as u64, Ordering::Relaxed);
+    server.stats.bytes_in.fetch_add((request[0].len() + request[1].len()) as u64, Ordering::Relaxed);
     let sending = std::time::Instant::now();
-    if conn.stream.write_all(request).await.is_err() {
+    if write_parts(&mut conn.stream, request).await.is_err() {
         // A pooled connection the server closed as the request went out: it did not get it.
         return Err(ExchangeError::Attempt(if reused { Unsent } else { NoResponse }));
     }
-    let mut rest = BytesMut::new();
+    let mut rest = crate::buffers::take_bytes();
     let mut early: Option<(ResponseHead, S)> = None;
     // A server may answer before it has read the whole body (a 413, a redirect) and stop
     // reading: it is not waiting for the rest, and its answer is the one to relay.
@@ -244,6 +244,25 @@ pub(crate) async fn exchange<S: HeaderSink + Default + Send>(
     server.stats.response_time.observe(timing.response);
     rest.advance(head.len);
     Ok(Answer { conn, rest, head, fields, timing, cut_short })
+}
+
+/// Writes both parts, the second after the first, without copying them together (one
+/// `send` when there is only the first).
+async fn write_parts(stream: &mut TcpStream, parts: [&[u8]; 2]) -> std::io::Result<()> {
+    let [mut a, mut b] = parts;
+    if b.is_empty() {
+        return stream.write_all(a).await;
+    }
+    while !a.is_empty() || !b.is_empty() {
+        let n = stream.write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
 }
 
 /// Reads what the socket has into `buf` (0 at the end of the stream).
