@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::{self, AccessLog};
 use crate::config::{self, BalancerConfig, ConfigError};
-use crate::conn::{GuardedIo, IoTimeouts};
+use crate::conn::{GuardedIo, IoTimeouts, Stop};
 use crate::frontend::{ConnCtx, Frontend, RouteRule};
 use crate::h1::{self, ClientIo};
 use crate::metrics::FrontendStats;
@@ -81,7 +81,8 @@ struct Inner {
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, Listener>>,
     conns: Arc<Semaphore>,
     drained: Arc<Notify>,
-    shutdown: watch::Sender<bool>,
+    /// Set on shutdown: open connections finish their request and close.
+    stop: Stop,
     checkers: std::sync::Mutex<Checkers>,
     controller: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats_task: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -125,7 +126,7 @@ impl Balancer {
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             conns: Arc::new(Semaphore::new(max_conns)),
             drained: Arc::new(Notify::new()),
-            shutdown: watch::channel(false).0,
+            stop: Stop::default(),
             checkers: std::sync::Mutex::new(HashMap::new()),
             controller: std::sync::Mutex::new(None),
             stats_task: std::sync::Mutex::new(None),
@@ -365,6 +366,7 @@ impl Balancer {
             fast_path: fc.fast_path,
             timeouts: cfg.timeouts.clone(),
             max_body: cfg.limits.max_body_bytes,
+            max_header: cfg.limits.max_header_bytes,
             stats,
         }
     }
@@ -397,7 +399,7 @@ impl Balancer {
     /// and waits for them (at most the drain timeout).
     pub async fn shutdown(&self) {
         let drain = self.inner.state.cfg.lock().unwrap_or_else(|e| e.into_inner()).timeouts.drain;
-        let _ = self.inner.shutdown.send(true);
+        self.inner.stop.set();
         for (_, l) in self.inner.listeners.lock().await.drain() {
             let _ = l.stop.send(true);
         }
@@ -571,30 +573,17 @@ async fn serve_conn<S: ClientIo>(
     let open = fe.stats.current_connections.fetch_add(1, Ordering::Relaxed) + 1;
     fe.stats.max_connections.fetch_max(open, Ordering::Relaxed);
     fe.stats.connection_rate.hit(fe.stats.second(std::time::Instant::now()));
-    let timeouts = IoTimeouts {
-        request_headers: fe.timeouts.request_headers,
-        keepalive: fe.timeouts.keepalive,
-        client: fe.timeouts.client,
-    };
-    let max_header = inner.state.cfg.lock().map(|c| c.limits.max_header_bytes).unwrap_or(16 * 1024);
-    let mut shutdown = inner.shutdown.subscribe();
+    let stop = &inner.stop;
     match tls {
         // HTTP/1.1 requests the fast path serves never meet hyper; the first one it does not
         // serve hands the connection over, with the bytes read so far.
         None if fe.fast_path => {
-            if let h1::Served::Handoff(read) =
-                h1::serve(&mut stream, &ctx, max_header, &timeouts, &mut shutdown).await
-            {
-                Box::pin(hand_over(read, stream, &ctx, false, timeouts, max_header, &mut shutdown)).await;
+            if let h1::Served::Handoff(read) = h1::serve(&mut stream, &ctx, &fe, stop).await {
+                Box::pin(hand_over(read, stream, &ctx, &fe, false, stop)).await;
             }
         }
-        None => {
-            Box::pin(hand_over(Vec::new(), stream, &ctx, false, timeouts, max_header, &mut shutdown)).await
-        }
-        Some(acceptor) => {
-            Box::pin(serve_tls(stream, acceptor, &ctx, fe.fast_path, timeouts, max_header, &mut shutdown))
-                .await
-        }
+        None => Box::pin(hand_over(Vec::new(), stream, &ctx, &fe, false, stop)).await,
+        Some(acceptor) => Box::pin(serve_tls(stream, acceptor, &ctx, &fe, stop)).await,
     }
     fe.stats.current_connections.fetch_sub(1, Ordering::Relaxed);
     drop(permit);
@@ -609,26 +598,24 @@ async fn serve_tls<S: ClientIo>(
     stream: S,
     acceptor: tokio_rustls::TlsAcceptor,
     ctx: &ConnCtx,
-    fast_path: bool,
-    timeouts: IoTimeouts,
-    max_header: usize,
-    shutdown: &mut watch::Receiver<bool>,
+    fe: &Frontend,
+    stop: &Stop,
 ) {
-    let mut tls = match tokio::time::timeout(timeouts.request_headers, acceptor.accept(stream)).await {
+    let mut tls = match tokio::time::timeout(fe.timeouts.request_headers, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(client = %ctx.client, "TLS handshake timed out"),
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let read = if fast_path && !h2 {
-        match h1::serve(&mut tls, ctx, max_header, &timeouts, shutdown).await {
+    let read = if fe.fast_path && !h2 {
+        match h1::serve(&mut tls, ctx, fe, stop).await {
             h1::Served::Handoff(read) => read,
             h1::Served::Closed => return,
         }
     } else {
         Vec::new()
     };
-    Box::pin(hand_over(read, tls, ctx, h2, timeouts, max_header, shutdown)).await;
+    Box::pin(hand_over(read, tls, ctx, fe, h2, stop)).await;
 }
 
 /// The general path for the rest of a connection: hyper reads `read` first, then `stream`.
@@ -636,16 +623,22 @@ async fn hand_over<S: ClientIo>(
     read: Vec<u8>,
     stream: S,
     ctx: &ConnCtx,
+    fe: &Frontend,
     h2: bool,
-    timeouts: IoTimeouts,
-    max_header: usize,
-    shutdown: &mut watch::Receiver<bool>,
+    stop: &Stop,
 ) {
-    let io = GuardedIo::new(h1::Rewind::new(read, stream), ctx.state.clone(), timeouts, h2);
-    run_http(io, ctx.clone(), max_header, shutdown).await;
+    let ctx = ctx.for_hyper();
+    let timeouts = IoTimeouts {
+        request_headers: fe.timeouts.request_headers,
+        keepalive: fe.timeouts.keepalive,
+        client: fe.timeouts.client,
+    };
+    let state = ctx.state.clone().unwrap_or_default();
+    let io = GuardedIo::new(h1::Rewind::new(read, stream), state, timeouts, h2);
+    run_http(io, ctx, fe.max_header, stop).await;
 }
 
-async fn run_http<T>(io: GuardedIo<T>, ctx: ConnCtx, max_header: usize, shutdown: &mut watch::Receiver<bool>)
+async fn run_http<T>(io: GuardedIo<T>, ctx: ConnCtx, max_header: usize, stop: &Stop)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -672,7 +665,7 @@ where
                 tracing::debug!(%client, error = %e, "client connection ended with an error");
             }
         }
-        _ = shutdown.changed() => {
+        () = stop.wait() => {
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(%client, error = %e, "client connection ended with an error");

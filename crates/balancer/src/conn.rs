@@ -31,8 +31,6 @@ pub struct ConnState {
     pub served: AtomicU64,
     /// The head being read carries both Content-Length and Transfer-Encoding.
     pub smuggling: AtomicBool,
-    /// Requests answered 408 or closed for idleness (for stats).
-    pub timed_out: AtomicBool,
     /// When the connection was accepted.
     pub accepted: std::time::Instant,
     /// When the current request head started, in µs after `accepted`.
@@ -55,7 +53,6 @@ impl ConnState {
             busy: AtomicU32::new(0),
             served: AtomicU64::new(0),
             smuggling: AtomicBool::new(false),
-            timed_out: AtomicBool::new(false),
             accepted: std::time::Instant::now(),
             head_started_us: AtomicU64::new(0),
             parked: std::sync::Mutex::new(None),
@@ -94,6 +91,38 @@ impl ConnState {
         if !parked.as_ref().is_some_and(|w| w.will_wake(waker)) {
             *parked = Some(waker.clone());
         }
+    }
+}
+
+/// The balancer's stop signal, as its connections wait on it: set once, seen by all.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    set: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    /// Whether the balancer is stopping.
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Stops: every waiter wakes.
+    pub(crate) fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once the balancer stops (at once if it has).
+    pub(crate) async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a `set` in between cannot be missed.
+        notified.as_mut().enable();
+        if self.is_set() {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -290,7 +319,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                 if this.timer.poll_expired(cx, deadline).is_pending() {
                     return Poll::Pending;
                 }
-                this.state.timed_out.store(true, Ordering::Relaxed);
                 if this.head_started.is_some() {
                     // A head that never completed: say so before closing (best effort).
                     let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);

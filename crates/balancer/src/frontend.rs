@@ -64,6 +64,8 @@ pub(crate) struct Frontend {
     pub timeouts: Timeouts,
     /// Largest request body.
     pub max_body: u64,
+    /// Largest request head.
+    pub max_header: usize,
     /// Counters.
     pub stats: Arc<FrontendStats>,
 }
@@ -83,8 +85,9 @@ pub(crate) struct ConnCtx {
     pub frontend: Arc<arc_swap::ArcSwap<Frontend>>,
     /// The client.
     pub client: SocketAddr,
-    /// Shared with the guarded socket.
-    pub state: Arc<ConnState>,
+    /// Shared with the guarded socket, once hyper serves the connection (the fast path needs
+    /// none of it).
+    pub state: Option<Arc<ConnState>>,
     /// The listener's port.
     pub local_port: u16,
     /// Where finished requests are logged.
@@ -99,7 +102,12 @@ impl ConnCtx {
         local_port: u16,
         log: Option<Arc<AccessLog>>,
     ) -> ConnCtx {
-        ConnCtx { frontend, client, log, state: Arc::new(ConnState::new()), local_port }
+        ConnCtx { frontend, client, log, state: None, local_port }
+    }
+
+    /// The same connection, with the state hyper's guarded socket shares.
+    pub(crate) fn for_hyper(&self) -> ConnCtx {
+        ConnCtx { state: Some(Arc::new(ConnState::new())), ..self.clone() }
     }
 }
 

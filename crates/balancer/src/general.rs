@@ -40,8 +40,9 @@ pub(crate) async fn handle(
     // Logged in origin form whatever the protocol: `GET /path HTTP/2.0`.
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let line = || format!("{} {target} {:?}", req.method(), req.version());
-    let mut txn = Txn::begin(&ctx, fe.clone(), ctx.state.head_age(now), line);
-    if ctx.state.smuggling.load(Ordering::Relaxed) {
+    let head_age = ctx.state.as_ref().map_or(Duration::ZERO, |s| s.head_age(now));
+    let mut txn = Txn::begin(&ctx, fe.clone(), head_age, line);
+    if ctx.state.as_ref().is_some_and(|s| s.smuggling.load(Ordering::Relaxed)) {
         tracing::warn!(client = %ctx.client, "request with both Content-Length and Transfer-Encoding refused");
         txn.denied(400, *b"PR");
         return Ok(local(txn, StatusCode::BAD_REQUEST, "Bad request: ambiguous message length\n", true));

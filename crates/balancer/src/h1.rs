@@ -25,12 +25,11 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::buffers;
 use crate::codec::{BadFraming, Chunks, Framing, HeaderSink, MAX_HEADERS, local_answer, status_line};
-use crate::conn::{IoTimeouts, LazyTimer, RESPONSE_408};
+use crate::conn::{LazyTimer, RESPONSE_408, Stop};
 use crate::forward::{Unanswered, forward};
 use crate::frontend::{ConnCtx, Frontend};
 use crate::pipeline::{BodyFraming, Plan, RequestHead, Txn, plan, upstream_head};
@@ -82,13 +81,8 @@ pub(crate) enum Served {
 }
 
 /// Serves requests on `io` until the connection ends or one needs the general path.
-pub(crate) async fn serve<S: ClientIo>(
-    io: &mut S,
-    ctx: &ConnCtx,
-    max_header: usize,
-    timeouts: &IoTimeouts,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Served {
+pub(crate) async fn serve<S: ClientIo>(io: &mut S, ctx: &ConnCtx, fe: &Frontend, stop: &Stop) -> Served {
+    let timeouts = &fe.timeouts;
     let mut buf: Vec<u8> = Vec::new();
     let mut timer = LazyTimer::new();
     let mut idle_since = Instant::now();
@@ -97,20 +91,16 @@ pub(crate) async fn serve<S: ClientIo>(
         if buf.is_empty() {
             buffers::give(std::mem::take(&mut buf)); // an idle connection holds no buffer
             let wait = if first { timeouts.request_headers } else { timeouts.keepalive };
-            match wait_readable(io, &mut timer, idle_since + wait, shutdown).await {
+            match wait_readable(io, &mut timer, idle_since + wait, stop).await {
                 Wake::Readable => {}
-                Wake::Closed => return Served::Closed,
-                Wake::Timeout => {
-                    ctx.state.timed_out.store(true, Ordering::Relaxed);
-                    return Served::Closed;
-                }
+                Wake::Closed | Wake::Timeout => return Served::Closed,
             }
         }
         if buf.capacity() == 0 {
             buf = buffers::take();
         }
         // Boxed: between requests the connection's task holds a pointer, not a request's state.
-        let request = Box::pin(one_request(io, ctx, &mut buf, &mut timer, max_header, timeouts, shutdown));
+        let request = Box::pin(one_request(io, ctx, &mut buf, &mut timer, stop));
         match request.await {
             Next::Continue => {}
             Next::Closed => {
@@ -141,13 +131,13 @@ async fn one_request<S: ClientIo>(
     ctx: &ConnCtx,
     buf: &mut Vec<u8>,
     timer: &mut LazyTimer,
-    max_header: usize,
-    timeouts: &IoTimeouts,
-    shutdown: &watch::Receiver<bool>,
+    stop: &Stop,
 ) -> Next {
+    // Read on every request: a reload applies to open connections.
+    let frontend = ctx.frontend.load_full();
+    let (timeouts, max_header) = (frontend.timeouts.clone(), frontend.max_header);
     let head_started = Instant::now();
     let deadline = head_started + timeouts.request_headers;
-    let frontend = ctx.frontend.load_full();
     let request = loop {
         match examine(buf, ctx, &frontend, max_header) {
             Examined::Ready(r) => break r,
@@ -159,11 +149,9 @@ async fn one_request<S: ClientIo>(
             Ok(Some(_)) => {}
             Ok(None) if buf.is_empty() => {
                 // Woken, yet nothing came: an idle connection, closed without a word.
-                ctx.state.timed_out.store(true, Ordering::Relaxed);
                 return Next::Closed;
             }
             Ok(None) => {
-                ctx.state.timed_out.store(true, Ordering::Relaxed);
                 tracing::debug!(client = %ctx.client, "request head incomplete after {:?}: 408", timeouts.request_headers);
                 send(io, RESPONSE_408, timeouts.client).await;
                 return Next::Closed;
@@ -171,7 +159,7 @@ async fn one_request<S: ClientIo>(
         }
     };
     let head_len = request.head_len;
-    let close = request.close || *shutdown.borrow();
+    let close = request.close || stop.is_set();
     let txn = Txn::begin(ctx, frontend, head_started.elapsed(), || request.line.clone());
     if !proxy(io, buf, txn, request, close, timeouts.client).await {
         return Next::Closed;
@@ -188,16 +176,8 @@ enum Wake {
 
 /// Waits, holding no buffer, until the client sends something, the idle deadline passes or
 /// the balancer shuts down.
-async fn wait_readable<S: ClientIo>(
-    io: &S,
-    timer: &mut LazyTimer,
-    deadline: Instant,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Wake {
-    if *shutdown.borrow() {
-        return Wake::Closed;
-    }
-    let mut stop = std::pin::pin!(shutdown.changed());
+async fn wait_readable<S: ClientIo>(io: &S, timer: &mut LazyTimer, deadline: Instant, stop: &Stop) -> Wake {
+    let mut stop = std::pin::pin!(stop.wait());
     poll_fn(|cx| {
         if let Poll::Ready(r) = io.poll_read_ready(cx) {
             return Poll::Ready(if r.is_ok() { Wake::Readable } else { Wake::Closed });

@@ -247,7 +247,7 @@ pub(crate) fn is_idempotent(m: &Method) -> bool {
 #[derive(Debug)]
 pub(crate) struct Txn {
     fe: Arc<Frontend>,
-    state: Arc<ConnState>,
+    state: Option<Arc<ConnState>>,
     log: Option<Arc<AccessLog>>,
     /// `METHOD TARGET VERSION`, kept only when requests are logged.
     request: String,
@@ -279,7 +279,9 @@ impl Txn {
         line: impl FnOnce() -> String,
     ) -> Txn {
         let started = Instant::now();
-        ctx.state.begin();
+        if let Some(s) = &ctx.state {
+            s.begin();
+        }
         fe.stats.requests.fetch_add(1, Ordering::Relaxed);
         fe.stats.request_rate.hit(fe.stats.second(started));
         Txn {
@@ -401,6 +403,8 @@ impl Drop for Txn {
         if let Some(s) = &self.server {
             s.release();
         }
-        self.state.end();
+        if let Some(s) = &self.state {
+            s.end();
+        }
     }
 }

@@ -140,9 +140,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         Row::ALL.into_iter().filter(|r| args.rows.is_empty() || args.rows.contains(r)).collect();
     let targets: Vec<Target> =
         Target::ALL.into_iter().filter(|t| args.targets.is_empty() || args.targets.contains(t)).collect();
-    if rows.contains(&Row::Memory) {
-        args.idle_connections = memory::fit_fd_limit(args.idle_connections)?;
-    }
+    // HAProxy's maxconn follows the idle connections, and it refuses to start when the
+    // descriptors cannot fit them: fit them whatever the rows.
+    args.idle_connections = memory::fit_fd_limit(args.idle_connections)?;
     let dir = TempDir(std::env::temp_dir().join(format!("shoal-bench-proxy-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).with_context(|| format!("cannot create {}", dir.0.display()))?;
     let env = Env::new(dir.0.clone(), args.shoal.clone(), !args.no_pin, args.idle_connections + 100)?;
