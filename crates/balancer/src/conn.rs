@@ -94,11 +94,13 @@ impl ConnState {
     }
 }
 
-/// The balancer's stop signal, as its connections wait on it: set once, seen by all.
+/// The balancer's stop signal, as its connections wait on it: set once, seen by all. Waiters
+/// spread over a few lists (as tokio's `watch` does), so that connections coming and going on
+/// several threads do not all take one lock.
 #[derive(Debug, Default)]
 pub(crate) struct Stop {
     set: AtomicBool,
-    notify: tokio::sync::Notify,
+    notify: [tokio::sync::Notify; 8],
 }
 
 impl Stop {
@@ -110,12 +112,21 @@ impl Stop {
     /// Stops: every waiter wakes.
     pub(crate) fn set(&self) {
         self.set.store(true, Ordering::Release);
-        self.notify.notify_waiters();
+        for n in &self.notify {
+            n.notify_waiters();
+        }
     }
 
     /// Resolves once the balancer stops (at once if it has).
     pub(crate) async fn wait(&self) {
-        let notified = self.notify.notified();
+        thread_local! {
+            static LIST: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            };
+        }
+        let list = LIST.with(|i| *i) % self.notify.len();
+        let notified = self.notify[list].notified();
         tokio::pin!(notified);
         // Registered before the flag is read: a `set` in between cannot be missed.
         notified.as_mut().enable();
@@ -129,30 +140,32 @@ impl Stop {
 /// A timer for deadlines that mostly move later (the next request's, the next read's): it is
 /// re-armed only when it fires before the deadline asked for, not every time the deadline
 /// moves, so a busy connection does no timer-wheel work per request.
-pub(crate) struct LazyTimer(Pin<Box<Sleep>>);
+pub(crate) struct LazyTimer(Option<Pin<Box<Sleep>>>);
 
 impl std::fmt::Debug for LazyTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("LazyTimer").field(&self.0.deadline()).finish()
+        f.debug_tuple("LazyTimer").field(&self.0.as_ref().map(|s| s.deadline())).finish()
     }
 }
 
 impl LazyTimer {
-    /// A timer armed for nothing yet.
+    /// A timer armed for nothing yet (it takes no memory until it is first needed: a short
+    /// connection whose bytes are always there never makes one).
     pub(crate) fn new() -> LazyTimer {
-        LazyTimer(Box::pin(tokio::time::sleep(Duration::from_secs(3600))))
+        LazyTimer(None)
     }
 
     /// Ready once `deadline` has passed; registers for a wake-up otherwise.
     pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        if self.0.deadline() > deadline {
-            self.0.as_mut().reset(deadline);
+        let sleep = self.0.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
         }
-        while self.0.as_mut().poll(cx).is_ready() {
+        while sleep.as_mut().poll(cx).is_ready() {
             if Instant::now() >= deadline {
                 return Poll::Ready(());
             }
-            self.0.as_mut().reset(deadline);
+            sleep.as_mut().reset(deadline);
         }
         Poll::Pending
     }
