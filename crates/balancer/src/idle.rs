@@ -30,11 +30,20 @@ impl RawConn {
         RawConn { stream, timer: LazyTimer::new() }
     }
 
-    /// Whether the server has closed (or written to) it while it sat idle: a read that would
-    /// block means it is still good to send on.
+    /// Whether the server has closed (or written to) it while it sat idle: no readiness since
+    /// its last answer was read says so without a system call; else a read that would block
+    /// means it is still good to send on.
     fn is_quiet(&self) -> bool {
-        matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        !readable_now(&self.stream)
+            || matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
+}
+
+/// Whether the socket has something to read now, without a system call when tokio knows it
+/// has not (no readiness event since its last short or failed read).
+pub(crate) fn readable_now(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    stream.poll_read_ready(&mut cx).is_ready()
 }
 
 /// Idle connections to one server.

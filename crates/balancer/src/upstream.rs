@@ -169,6 +169,9 @@ pub(crate) async fn exchange<S: HeaderSink + Default + Send>(
     // A server may answer before it has read the whole body (a 413, a redirect) and stop
     // reading: it is not waiting for the rest, and its answer is the one to relay.
     let early_answer = |conn: &RawConn, rest: &mut BytesMut| -> Option<(ResponseHead, S)> {
+        if !crate::idle::readable_now(&conn.stream) {
+            return None;
+        }
         while conn.stream.try_read_buf(rest).is_ok_and(|n| n > 0) {}
         let mut fields = S::default();
         match parse_response(rest, extras, &mut fields) {
@@ -265,23 +268,14 @@ async fn write_parts(stream: &mut TcpStream, parts: [&[u8]; 2]) -> std::io::Resu
     Ok(())
 }
 
-/// Reads what the socket has into `buf` (0 at the end of the stream).
+/// Reads what the socket has into `buf` (0 at the end of the stream). Through tokio's own read:
+/// a short read clears the socket's readiness, so the next wait costs no failed `recv`.
 fn poll_read_buf(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<std::io::Result<usize>> {
-    loop {
-        match stream.poll_read_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        }
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            r => return Poll::Ready(r),
-        }
-    }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
 
 /// Why a response body read from a server stopped short.
@@ -411,7 +405,7 @@ impl hyper::body::Body for UpstreamBody {
             }
             let Some(conn) = this.conn.as_mut() else { return this.broken(BodyError::Broken) };
             this.rest.reserve(READ_SIZE);
-            match poll_read_buf(&conn.stream, cx, &mut this.rest) {
+            match poll_read_buf(&mut conn.stream, cx, &mut this.rest) {
                 Poll::Ready(Ok(0)) if this.framing == Framing::UntilClose => {
                     this.reusable = false;
                     this.finish();

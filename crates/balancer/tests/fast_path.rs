@@ -1,6 +1,7 @@
 //! The HTTP/1.1 relay as a client and a server see it on the wire: response framings, interim
-//! answers, pipelining, pooled server connections, header rewriting, and the hand-over to the
-//! general path when a request carries a body.
+//! answers, pipelining, pooled server connections, header rewriting, request bodies (by length
+//! and chunked, buffered and streamed, broken and too large) and a server that answers before
+//! it has the whole body.
 
 mod common;
 
