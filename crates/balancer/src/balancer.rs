@@ -26,7 +26,7 @@ use crate::h1::{self, ClientIo};
 use crate::metrics::FrontendStats;
 use crate::pool::{Change, Pool};
 use crate::state::{Pools, State};
-use crate::{admin, admission, general, health, limits, stats, tls};
+use crate::{admin, admission, general, health, limits, park, stats, tls};
 use shoal_gossip::escape::Esc;
 
 /// Errors from starting or reloading.
@@ -51,6 +51,9 @@ pub enum BalancerError {
         /// Why.
         reason: String,
     },
+    /// The parking lot for idle connections could not be set up.
+    #[error("cannot set up the parking lot for idle connections: {0}")]
+    Parking(std::io::Error),
 }
 
 /// Health-check tasks, by (pool, server).
@@ -82,7 +85,9 @@ struct Inner {
     conns: Arc<Semaphore>,
     drained: Arc<Notify>,
     /// Set on shutdown: open connections finish their request and close.
-    stop: Stop,
+    stop: Arc<Stop>,
+    /// Where idle plain keep-alive connections wait for their next request.
+    parking: park::Lot<(ConnCtx, ConnGuard)>,
     checkers: std::sync::Mutex<Checkers>,
     controller: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats_task: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -121,12 +126,18 @@ impl Balancer {
     ) -> Result<Balancer, BalancerError> {
         cfg.validate()?;
         let max_conns = limits::connection_cap(cfg.limits.max_connections);
+        let stop = Arc::new(Stop::default());
+        let parking = park::Lot::start(stop.clone(), |stream, (ctx, guard)| {
+            tokio::spawn(serve_plain(stream, ctx, guard, false));
+        })
+        .map_err(BalancerError::Parking)?;
         let inner = Arc::new(Inner {
             state: Arc::new(State::new(cfg.clone(), members, max_conns)),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             conns: Arc::new(Semaphore::new(max_conns)),
             drained: Arc::new(Notify::new()),
-            stop: Stop::default(),
+            stop: stop.clone(),
+            parking,
             checkers: std::sync::Mutex::new(HashMap::new()),
             controller: std::sync::Mutex::new(None),
             stats_task: std::sync::Mutex::new(None),
@@ -375,6 +386,12 @@ impl Balancer {
         self.inner.listeners.lock().await.values().map(|l| l.bound).collect()
     }
 
+    /// Idle keep-alive client connections parked outside the runtime, waiting for their next
+    /// request (they are open connections too, and count as such).
+    pub fn parked_connections(&self) -> usize {
+        self.inner.parking.len()
+    }
+
     /// Each frontend listener: the frontend's name and the address bound.
     pub async fn listeners(&self) -> Vec<(String, SocketAddr)> {
         let listeners = self.inner.listeners.lock().await;
@@ -564,12 +581,12 @@ async fn bind_frontend(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Serves one accepted connection to its end, then releases its place under the connection
-/// cap. This future is the connection's task: what it holds while the connection is idle is
-/// what every idle keep-alive connection costs, so the TLS session and hyper's state are boxed
-/// and only the connections that need them pay for them.
+/// Serves one accepted connection to its end. This future is the connection's task: what it
+/// holds while the connection is idle is what every idle keep-alive connection costs (until it
+/// parks), so the TLS session and hyper's state are boxed and only the connections that need
+/// them pay for them.
 async fn serve_conn<S: ClientIo>(
-    mut stream: S,
+    stream: S,
     ctx: ConnCtx,
     tls: Option<tokio_rustls::TlsAcceptor>,
     inner: Arc<Inner>,
@@ -580,23 +597,53 @@ async fn serve_conn<S: ClientIo>(
     let open = fe.stats.current_connections.fetch_add(1, Ordering::Relaxed) + 1;
     fe.stats.max_connections.fetch_max(open, Ordering::Relaxed);
     fe.stats.connection_rate.hit(fe.stats.second(std::time::Instant::now()));
-    let stop = &inner.stop;
+    let guard = ConnGuard { stats: fe.stats.clone(), inner, _permit: permit };
     match tls {
-        // HTTP/1.1 requests the fast path serves never meet hyper; the first one it does not
-        // serve hands the connection over, with the bytes read so far.
-        None if fe.fast_path => {
-            if let h1::Served::Handoff(read) = h1::serve(&mut stream, &ctx, &fe, stop).await {
-                Box::pin(hand_over(read, stream, &ctx, &fe, false, stop)).await;
+        None => serve_plain(stream, ctx, guard, true).await,
+        Some(acceptor) => Box::pin(serve_tls(stream, acceptor, &ctx, &fe, &guard.inner.stop)).await,
+    }
+}
+
+/// An open client connection's place under the connection cap and in the counters, given back
+/// when the connection ends, whether its task or the parking lot holds it then.
+struct ConnGuard {
+    inner: Arc<Inner>,
+    stats: Arc<FrontendStats>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.stats.current_connections.fetch_sub(1, Ordering::Relaxed);
+        if self.inner.state.open_conns.fetch_sub(1, Ordering::Release) == 1 {
+            self.inner.drained.notify_waiters();
+        }
+    }
+}
+
+/// Serves a plain connection, new (`fresh`) or back from the parking lot: HTTP/1.1 requests
+/// the fast path serves never meet hyper; the first one it does not serve hands the connection
+/// over, with the bytes read so far; a connection idle long enough parks.
+async fn serve_plain<S: ClientIo>(mut stream: S, ctx: ConnCtx, guard: ConnGuard, fresh: bool) {
+    let fe = ctx.frontend.load_full();
+    let read = if fe.fast_path {
+        let arrival = h1::Arrival { fresh, may_park: S::PLAIN_SOCKET };
+        match h1::serve(&mut stream, &ctx, &fe, &guard.inner.stop, arrival).await {
+            h1::Served::Closed => return,
+            h1::Served::Handoff(read) => read,
+            h1::Served::Idle(deadline) => {
+                if let Some(stream) = stream.into_socket() {
+                    let inner = guard.inner.clone();
+                    let deadline = deadline.into_std();
+                    inner.parking.park(park::Parked { stream, deadline, conn: (ctx, guard) });
+                }
+                return;
             }
         }
-        None => Box::pin(hand_over(Vec::new(), stream, &ctx, &fe, false, stop)).await,
-        Some(acceptor) => Box::pin(serve_tls(stream, acceptor, &ctx, &fe, stop)).await,
-    }
-    fe.stats.current_connections.fetch_sub(1, Ordering::Relaxed);
-    drop(permit);
-    if inner.state.open_conns.fetch_sub(1, Ordering::Release) == 1 {
-        inner.drained.notify_waiters();
-    }
+    } else {
+        Vec::new()
+    };
+    Box::pin(hand_over(read, stream, &ctx, &fe, false, &guard.inner.stop)).await;
 }
 
 /// Serves a TLS connection: the handshake, then HTTP/1.1 on the fast path (HTTP/2, chosen by
@@ -615,9 +662,9 @@ async fn serve_tls<S: ClientIo>(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let read = if fe.fast_path && !h2 {
-        match h1::serve(&mut tls, ctx, fe, stop).await {
+        match h1::serve(&mut tls, ctx, fe, stop, h1::Arrival { fresh: true, may_park: false }).await {
             h1::Served::Handoff(read) => read,
-            h1::Served::Closed => return,
+            h1::Served::Closed | h1::Served::Idle(_) => return,
         }
     } else {
         Vec::new()

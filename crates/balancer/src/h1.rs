@@ -6,8 +6,8 @@
 //! by `Content-Length` or chunked — is buffered when small (so the request can be sent again)
 //! and relayed as it arrives when large; the server's answer is relayed by its framing with its
 //! head rewritten by the same rules every path follows; an upgrade (WebSocket) splices both
-//! connections once the server says `101`. Between requests an idle plain connection holds no
-//! buffer at all.
+//! connections once the server says `101`. Between requests an idle connection holds no buffer,
+//! and a plain one idle for a second leaves its task for the [parking lot](crate::park).
 //!
 //! Anything else — `Expect`, HTTP/1.0, an absolute-form target, a head too large, ambiguous or
 //! malformed, a body over the limit — is handed, with the bytes read so far, to the general
@@ -32,6 +32,7 @@ use crate::codec::{BadFraming, Chunks, Framing, HeaderSink, MAX_HEADERS, local_a
 use crate::conn::{LazyTimer, RESPONSE_408, Stop};
 use crate::forward::{Unanswered, forward};
 use crate::frontend::{ConnCtx, Frontend};
+use crate::park::PARK_AFTER;
 use crate::pipeline::{BodyFraming, Plan, RequestHead, Txn, plan, upstream_head};
 use crate::retry::Failure;
 use crate::upstream::{Answer, BodyStream, ClientBodyError, DropInterim, Interim, NoBody};
@@ -50,11 +51,30 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         let _ = cx;
         Poll::Ready(Ok(()))
     }
+
+    /// Whether [`into_socket`](ClientIo::into_socket) gives the socket (an idle connection can
+    /// then wait outside its task).
+    const PLAIN_SOCKET: bool = false;
+
+    /// The plain socket underneath, out of the runtime, for an idle connection to wait
+    /// outside its task; `None` for streams that are more than a socket.
+    fn into_socket(self) -> Option<std::net::TcpStream>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 impl ClientIo for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+
+    const PLAIN_SOCKET: bool = true;
+
+    fn into_socket(self) -> Option<std::net::TcpStream> {
+        self.into_std().ok()
     }
 }
 
@@ -78,21 +98,45 @@ pub(crate) enum Served {
     /// A request the fast path does not serve arrived: these bytes of it (and whatever
     /// follows on the connection) are for the general path.
     Handoff(Vec<u8>),
+    /// Idle for [`PARK_AFTER`] between requests (when asked to say so): the connection may
+    /// wait outside its task until the client speaks, or until this deadline.
+    Idle(Instant),
 }
 
-/// Serves requests on `io` until the connection ends or one needs the general path.
-pub(crate) async fn serve<S: ClientIo>(io: &mut S, ctx: &ConnCtx, fe: &Frontend, stop: &Stop) -> Served {
+/// How a connection comes to the fast path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    /// New: its first request gets `request_headers` to arrive, later ones `keepalive`.
+    pub fresh: bool,
+    /// Whether to return [`Served::Idle`] when it idles between requests.
+    pub may_park: bool,
+}
+
+/// Serves requests on `io` until the connection ends, one needs the general path, or (when
+/// `arrival.may_park`) it idles long enough to park.
+pub(crate) async fn serve<S: ClientIo>(
+    io: &mut S,
+    ctx: &ConnCtx,
+    fe: &Frontend,
+    stop: &Stop,
+    arrival: Arrival,
+) -> Served {
     let timeouts = &fe.timeouts;
     let mut buf: Vec<u8> = Vec::new();
     let mut timer = LazyTimer::new();
     let mut idle_since = Instant::now();
-    let mut first = true;
+    let mut first = arrival.fresh;
     loop {
         if buf.is_empty() {
             buffers::give(std::mem::take(&mut buf)); // an idle connection holds no buffer
             let wait = if first { timeouts.request_headers } else { timeouts.keepalive };
-            match wait_readable(io, &mut timer, idle_since + wait, stop).await {
+            let deadline = idle_since + wait;
+            // Only between requests: a connection that has not spoken yet stays in its task.
+            let park_at =
+                Some(idle_since + PARK_AFTER).filter(|&t| arrival.may_park && !first && t < deadline);
+            match wait_readable(io, &mut timer, park_at.unwrap_or(deadline), stop).await {
                 Wake::Readable => {}
+                Wake::Timeout if park_at.is_some() => return Served::Idle(deadline),
                 Wake::Closed | Wake::Timeout => return Served::Closed,
             }
         }

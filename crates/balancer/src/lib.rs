@@ -33,6 +33,7 @@ mod health;
 mod idle;
 mod limits;
 mod metrics;
+mod park;
 mod pipeline;
 mod pool;
 mod report;

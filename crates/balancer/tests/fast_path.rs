@@ -422,3 +422,69 @@ async fn a_server_answering_before_the_body_is_sent_is_relayed_and_the_rest_is_n
     writer.abort();
     assert_eq!(seen.heads().len(), 1);
 }
+
+/// A balancer with the given keep-alive timeout in front of the scripted server.
+async fn keepalive_harness(keepalive: Duration) -> Harness {
+    let mut p = PoolConfig::new("backend", "backend", 3000);
+    p.health.enabled = false;
+    let mut cfg = shoal_balancer::BalancerConfig::simple(vec!["127.0.0.1:0".parse().unwrap()], p, None);
+    cfg.timeouts.keepalive = keepalive;
+    let h = Harness::with_config(cfg).await;
+    let (server, _) = scripted_server(script).await;
+    h.set(vec![member("scripted", server, Alive, &[])]);
+    h.wait_serving(1).await;
+    h
+}
+
+#[tokio::test]
+async fn an_idle_connection_parks_comes_back_for_its_next_request_and_closes_at_its_deadline() {
+    let keepalive = Duration::from_secs(3);
+    let h = keepalive_harness(keepalive).await;
+    let mut s = TcpStream::connect(h.front).await.unwrap();
+    let mut buf = Vec::new();
+    ask(&mut s, &mut buf, "/length", "hello").await;
+    wait_until("the idle connection to park", || h.balancer.parked_connections() == 1).await;
+    assert_eq!(h.balancer.open_connections(), 1, "a parked connection is still an open one");
+    // Back from the lot: the next request on the same connection is answered as usual.
+    let again = ask(&mut s, &mut buf, "/chunked", "0\r\nX-Trailer: t\r\n\r\n").await;
+    assert!(again.starts_with("HTTP/1.1 200 OK\r\n"), "{again}");
+    let answered = std::time::Instant::now();
+    wait_until("the connection to park again", || h.balancer.parked_connections() == 1).await;
+    // Parked, it still closes at its keep-alive deadline, counted from its last answer.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        answered.elapsed() >= keepalive - Duration::from_millis(100),
+        "closed after {:?}",
+        answered.elapsed()
+    );
+    wait_until("the lot to empty", || h.balancer.parked_connections() == 0).await;
+    wait_until("no open connection", || h.balancer.open_connections() == 0).await;
+}
+
+#[tokio::test]
+async fn parked_connections_close_on_hang_up_and_on_shutdown() {
+    let h = keepalive_harness(Duration::from_secs(60)).await;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(h.front).await.unwrap();
+        ask(&mut s, &mut Vec::new(), "/length", "hello").await;
+        conns.push(s);
+    }
+    wait_until("three parked", || h.balancer.parked_connections() == 3).await;
+    // A client that hangs up frees its place without a request.
+    drop(conns.pop());
+    wait_until("the hung-up one to go", || h.balancer.open_connections() == 2).await;
+    assert_eq!(h.balancer.parked_connections(), 2);
+    // Shutdown closes the parked ones at once: it does not wait out the drain timeout.
+    let started = std::time::Instant::now();
+    h.balancer.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    for mut s in conns {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+        assert!(rest.is_empty());
+    }
+    assert_eq!(h.balancer.open_connections(), 0);
+}

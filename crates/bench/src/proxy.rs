@@ -177,7 +177,16 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             results.push(row);
         }
         if memory {
-            rss = memory::measure(&instances, args.idle_connections)?;
+            // Fresh processes: what a proxy holds per idle connection, not what earlier rows
+            // left in its heap.
+            drop(instances);
+            eprintln!("== restarting the targets to measure memory");
+            let fresh =
+                targets.iter().map(|&t| targets::start(&env, t, true)).collect::<anyhow::Result<Vec<_>>>()?;
+            for inst in &fresh {
+                inst.check()?;
+            }
+            rss = memory::measure(&fresh, args.idle_connections)?;
         }
     }
     let threads = if rows.contains(&Row::Threads) { Some(thread_count(&args, &env, &load)?) } else { None };

@@ -7,6 +7,10 @@ use anyhow::Context;
 
 use super::targets::Instance;
 
+/// How long the connections stay idle before the measure (Shoal parks a connection idle for a
+/// second outside its task; every proxy gets the same wait).
+const SETTLE: Duration = Duration::from_secs(3);
+
 /// One proxy's resident memory, in KiB.
 #[derive(Debug)]
 pub struct Rss {
@@ -19,7 +23,8 @@ pub struct Rss {
 }
 
 /// Measures each proxy of `instances` (the direct target has no process of its own): RSS idle,
-/// then with `conns` keep-alive connections open, each having made one request.
+/// then with `conns` keep-alive connections open, each having made one request, [`SETTLE`]
+/// after the last answer.
 pub fn measure(instances: &[Instance], conns: usize) -> anyhow::Result<Vec<Rss>> {
     let mut out = Vec::new();
     for inst in instances {
@@ -29,7 +34,7 @@ pub fn measure(instances: &[Instance], conns: usize) -> anyhow::Result<Vec<Rss>>
         eprintln!("== {}: opening {conns} keep-alive connections", inst.label);
         let open =
             open_idle(inst.plain, conns).with_context(|| format!("{}: idle connections", inst.label))?;
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(SETTLE);
         let loaded_kib = rss_kib(pid);
         drop(open);
         out.push(Rss { label: inst.label.clone(), idle_kib, loaded_kib });
