@@ -513,9 +513,24 @@ pub struct BalancerArgs {
     /// Re-read on SIGHUP.
     #[arg(long, env = "SHOAL_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Worker threads for the proxy [default: one per CPU].
-    #[arg(long, env = "SHOAL_THREADS")]
+    /// Worker threads for the proxy [default: one per CPU minus one, at least one: the spare
+    /// core serves the kernel's network work, the access-log writer and gossip].
+    #[arg(long, env = "SHOAL_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=1024) => Ok(n),
+        _ => Err(format!("{s:?} is not a thread count from 1 to 1024")),
+    }
+}
+
+/// The balancer's worker threads when `--threads` is not given: one per CPU it may run on,
+/// minus one (at least one). Measured on 2 cores with the load beside it (`bench/proxy.sh
+/// --rows threads`), one thread serves as many requests as two with a lower p99.
+pub fn default_balancer_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 fn parse_access_log(s: &str) -> Result<shoal_balancer::AccessLogFormat, String> {

@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
         // An agent's work is one gossip task, the RPC server and the event handlers: none of it
         // needs a second core, and a worker thread per core costs memory in every container.
         Command::Agent(_) => Some(1),
-        Command::Balancer(b) => b.threads,
+        Command::Balancer(b) => Some(b.threads.unwrap_or_else(cli::default_balancer_threads)),
         _ => None,
     };
     let runtime = match threads {
