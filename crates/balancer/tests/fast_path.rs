@@ -425,10 +425,15 @@ async fn a_server_answering_before_the_body_is_sent_is_relayed_and_the_rest_is_n
 
 /// A balancer with the given keep-alive timeout in front of the scripted server.
 async fn keepalive_harness(keepalive: Duration) -> Harness {
+    scripted_harness(|cfg| cfg.timeouts.keepalive = keepalive).await
+}
+
+/// A balancer configured by `edit` in front of the scripted server.
+async fn scripted_harness(edit: impl FnOnce(&mut shoal_balancer::BalancerConfig)) -> Harness {
     let mut p = PoolConfig::new("backend", "backend", 3000);
     p.health.enabled = false;
     let mut cfg = shoal_balancer::BalancerConfig::simple(vec!["127.0.0.1:0".parse().unwrap()], p, None);
-    cfg.timeouts.keepalive = keepalive;
+    edit(&mut cfg);
     let h = Harness::with_config(cfg).await;
     let (server, _) = scripted_server(script).await;
     h.set(vec![member("scripted", server, Alive, &[])]);
@@ -487,4 +492,27 @@ async fn parked_connections_close_on_hang_up_and_on_shutdown() {
         assert!(rest.is_empty());
     }
     assert_eq!(h.balancer.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn parked_connections_keep_their_place_under_the_connection_cap() {
+    // An attacker's idle connections cost little once parked, but they still count: the cap
+    // bounds how many the lot holds.
+    let h = scripted_harness(|cfg| cfg.limits.max_connections = 2).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(h.front).await.unwrap();
+        ask(&mut s, &mut Vec::new(), "/length", "hello").await;
+        held.push(s);
+    }
+    wait_until("both parked", || h.balancer.parked_connections() == 2).await;
+    let mut third = TcpStream::connect(h.front).await.unwrap();
+    third.write_all(b"GET /length HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut [0u8; 64])).await;
+    assert!(early.is_err(), "a third connection was served past a cap of 2");
+    assert_eq!(h.balancer.open_connections(), 2);
+    // One parked client leaves: its place goes to the waiting one.
+    drop(held.pop());
+    let answer = read_until(&mut third, &mut Vec::new(), "hello").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
 }
