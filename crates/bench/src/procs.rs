@@ -80,6 +80,44 @@ pub fn memory(pid: u32) -> Option<Memory> {
     Some(Memory { rss_kib: field("Rss:")?, anon_kib: field("Anonymous:")? })
 }
 
+/// `pid` and every process descending from it (nginx's master forks its worker), parents first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let ppid = |p: u32| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().parse().ok()
+    };
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().copied().filter(|&p| ppid(p) == Some(parent)));
+        i += 1;
+    }
+    tree
+}
+
+/// CPU time (user + system, all threads) that `pid` and its descendants have used so far, in
+/// seconds; a process that is gone counts nothing.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    // `/proc` counts in USER_HZ: 100 on x86 and arm Linux.
+    const TICKS_PER_SEC: f64 = 100.0;
+    let ticks = |p: u32| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // Fields after the command name, which may hold spaces: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let total: u64 = process_tree(pid).into_iter().filter_map(ticks).sum();
+    total as f64 / TICKS_PER_SEC
+}
+
 /// Starts `cmd` with its output discarded.
 pub fn spawn(name: impl Into<String>, cmd: &mut Command) -> anyhow::Result<Proc> {
     spawn_to(name, cmd, Stdio::null(), Stdio::null())

@@ -254,8 +254,14 @@ fn measure(args: &Args, load: &Load, spec: &Spec, instances: &[&Instance]) -> an
             }
             let url = inst.url(spec.tls, "/").unwrap_or_default();
             let tool = if round == 0 { &warmup } else { load };
+            let cpu_before = inst.cpu_seconds();
             match tool.run(spec.request, &url) {
-                Ok(run) if round > 0 => cell.runs.push(run),
+                Ok(mut run) if round > 0 => {
+                    if let (Some(before), Some(after)) = (cpu_before, inst.cpu_seconds()) {
+                        run.cpu_us = (after - before) * 1e6 / run.requests.max(1) as f64;
+                    }
+                    cell.runs.push(run)
+                }
                 Ok(_) => {}
                 Err(e) => cell.failure = Some(last_lines(&format!("{e:#}"))),
             }

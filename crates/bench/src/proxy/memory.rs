@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::targets::Instance;
+use crate::procs::process_tree;
 
 /// How long the connections stay idle before the measure (Shoal parks a connection idle for a
 /// second outside its task; every proxy gets the same wait).
@@ -50,17 +51,7 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
 
 /// Resident memory of `pid` and all its descendants (nginx's master forks its worker).
 fn rss_kib(pid: u32) -> u64 {
-    let mut total = status_field(pid, "VmRSS:").unwrap_or(0);
-    let children = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&child| status_field(child, "PPid:") == Some(u64::from(pid)));
-    for child in children {
-        total += rss_kib(child);
-    }
-    total
+    process_tree(pid).into_iter().filter_map(|p| status_field(p, "VmRSS:")).sum()
 }
 
 /// Opens `n` keep-alive connections to `port`, one request on each, and keeps them open.

@@ -53,6 +53,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// One target against another in one row: medians of per-round ratios.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ratio {
+    rps: f64,
+    p99: f64,
+    /// CPU per request; NaN where either side's was not measured.
+    cpu: f64,
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2}× req/s, p99 {:.2}×", self.rps, self.p99)?;
+        if self.cpu.is_finite() {
+            write!(f, ", CPU/req {:.2}×", self.cpu)?;
+        }
+        Ok(())
+    }
+}
+
 /// A row's results: one cell per target, and which cells to compare.
 #[derive(Debug)]
 pub struct RowResult {
@@ -74,17 +93,16 @@ impl RowResult {
         cells.iter().enumerate().filter(|(_, c)| peers.contains(&c.target)).map(|(i, _)| (shoal, i)).collect()
     }
 
-    /// Median over rounds of a ÷ b, for req/s and p99 (same round, same weather on the
-    /// machine); None if either has no complete round.
-    fn ratio(&self, (a, b): (usize, usize)) -> Option<(f64, f64)> {
+    /// Median over rounds of a ÷ b, for req/s, p99 and CPU per request (same round, same
+    /// weather on the machine); None if either has no complete round.
+    fn ratio(&self, (a, b): (usize, usize)) -> Option<Ratio> {
         let (a, b) = (&self.cells[a], &self.cells[b]);
         let pairs: Vec<(&Run, &Run)> = a.runs.iter().zip(&b.runs).collect();
         if pairs.is_empty() {
             return None;
         }
-        let rps = median(pairs.iter().map(|(a, b)| a.rps / b.rps).collect());
-        let p99 = median(pairs.iter().map(|(a, b)| a.p99_ms / b.p99_ms).collect());
-        Some((rps, p99))
+        let of = |f: fn(&Run) -> f64| median(pairs.iter().map(|(a, b)| f(a) / f(b)).collect());
+        Some(Ratio { rps: of(|r| r.rps), p99: of(|r| r.p99_ms), cpu: of(|r| r.cpu_us) })
     }
 
     /// The row's table, its errors and its ratios, on stdout.
@@ -92,8 +110,8 @@ impl RowResult {
         println!();
         println!("{} — {}", self.title, self.detail);
         println!(
-            "{:<34} {:>10} {:>9} {:>9} {:>8} {:>10}",
-            "", "req/s", "p50 ms", "p99 ms", "errors", "log/req"
+            "{:<34} {:>10} {:>9} {:>9} {:>8} {:>10} {:>11}",
+            "", "req/s", "p50 ms", "p99 ms", "errors", "log/req", "CPU µs/req"
         );
         for c in &self.cells {
             let logged = c.logged_share().map_or("–".into(), |p| format!("{p:.1} %"));
@@ -102,13 +120,14 @@ impl RowResult {
                 continue;
             }
             println!(
-                "{:<34} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>10}",
+                "{:<34} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>10} {:>11}",
                 c.label,
                 c.median(|r| r.rps),
                 c.median(|r| r.p50_ms),
                 c.median(|r| r.p99_ms),
                 c.errors(),
-                logged
+                logged,
+                micros(c.median(|r| r.cpu_us))
             );
         }
         for c in &self.cells {
@@ -129,14 +148,14 @@ impl RowResult {
             .compare
             .iter()
             .filter_map(|&pair| {
-                let (rps, p99) = self.ratio(pair)?;
+                let ratio = self.ratio(pair)?;
                 let (a, b) = (&self.cells[pair.0], &self.cells[pair.1]);
                 let (a, b) = if a.target == b.target {
                     (a.label.as_str(), b.label.as_str())
                 } else {
                     (name(a.target), name(b.target))
                 };
-                Some(format!("{a} ÷ {b}: {rps:.2}× req/s, p99 {p99:.2}×"))
+                Some(format!("{a} ÷ {b}: {ratio}"))
             })
             .collect();
         if !ratios.is_empty() {
@@ -154,6 +173,11 @@ fn name(t: Target) -> &'static str {
         Target::Nginx => "nginx",
         Target::Caddy => "Caddy",
     }
+}
+
+/// A CPU time per request in µs, `–` where not measured.
+fn micros(us: f64) -> String {
+    if us.is_finite() { format!("{us:.1}") } else { "–".into() }
 }
 
 /// `39802.4` as `39 802`.
@@ -192,9 +216,9 @@ pub fn print_markdown(rows: &[RowResult], threads: Option<&RowResult>, memory: &
                 c.errors()
             );
         }
-        if let Some((rps, p99)) = t.compare.first().and_then(|&pair| t.ratio(pair)) {
+        if let Some(ratio) = t.compare.first().and_then(|&pair| t.ratio(pair)) {
             println!();
-            println!("2 threads ÷ 1 thread, median of per-round ratios: {rps:.2}× req/s, p99 {p99:.2}×");
+            println!("2 threads ÷ 1 thread, median of per-round ratios: {ratio}");
         }
     }
     if !memory.is_empty() {
@@ -241,16 +265,31 @@ fn print_rows(rows: &[RowResult]) {
     table("p50 / p99, ms", rows, &columns, &|row, t| {
         measured(row, t, &|c| format!("{:.2} / {:.2}", c.median(|r| r.p50_ms), c.median(|r| r.p99_ms)))
     });
+    table("proxy CPU per request, µs (all its threads)", rows, &columns, &|row, t| {
+        measured(row, t, &|c| micros(c.median(|r| r.cpu_us)))
+    });
     let peers: Vec<Target> =
         [Target::Haproxy, Target::Nginx, Target::Caddy].into_iter().filter(|t| columns.contains(t)).collect();
     if columns.contains(&Target::Shoal) && !peers.is_empty() {
-        table("Shoal ÷ peer: req/s, p99 (median of per-round ratios)", rows, &peers, &|row, t| {
-            let index = |t: Target| row.cells.iter().position(|c| c.target == t);
-            index(Target::Shoal)
-                .zip(index(t))
-                .and_then(|pair| row.ratio(pair))
-                .map_or("–".into(), |(rps, p99)| format!("{rps:.2}×, {p99:.2}×"))
-        });
+        table(
+            "Shoal ÷ peer: req/s, p99, CPU per request (median of per-round ratios)",
+            rows,
+            &peers,
+            &|row, t| {
+                let index = |t: Target| row.cells.iter().position(|c| c.target == t);
+                index(Target::Shoal).zip(index(t)).and_then(|pair| row.ratio(pair)).map_or(
+                    "–".into(),
+                    |r| {
+                        format!(
+                            "{:.2}×, {:.2}×, {}",
+                            r.rps,
+                            r.p99,
+                            if r.cpu.is_finite() { format!("{:.2}×", r.cpu) } else { "–".into() }
+                        )
+                    },
+                )
+            },
+        );
     }
 }
 
@@ -271,7 +310,7 @@ mod tests {
     use super::*;
 
     fn run(rps: f64, p99_ms: f64) -> Run {
-        Run { rps, p50_ms: 1.0, p99_ms, requests: 100, ..Run::default() }
+        Run { rps, p50_ms: 1.0, p99_ms, requests: 100, cpu_us: 1e6 / rps, ..Run::default() }
     }
 
     #[test]
@@ -288,8 +327,12 @@ mod tests {
             cells,
         };
         assert_eq!(row.compare, vec![(0, 1)]);
-        // req/s ratios 1.0, 1.5, 1.2 → 1.2; p99 ratios 0.5, 1.0, 1.0 → 1.0
-        assert_eq!(row.ratio((0, 1)), Some((1.2, 1.0)));
+        // req/s ratios 1.0, 1.5, 1.2 → 1.2; p99 ratios 0.5, 1.0, 1.0 → 1.0; CPU per request
+        // (here the inverse of req/s) 1.0, 0.67, 0.83 → 0.83
+        let r = row.ratio((0, 1)).unwrap();
+        assert_eq!((r.rps, r.p99), (1.2, 1.0));
+        assert!((r.cpu - 100.0 / 120.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(r.to_string(), "1.20× req/s, p99 1.00×, CPU/req 0.83×");
     }
 
     #[test]
