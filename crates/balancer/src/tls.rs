@@ -66,6 +66,13 @@ pub fn acceptor(tls: &TlsConfig) -> Result<(TlsAcceptor, tokio::task::JoinHandle
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless resumption tickets (AEAD-sealed session state, keys rotated every 6 hours),
+    // rather than rustls's default of ids into a 256-entry cache that a few hundred handshakes
+    // a second churn through before any client comes back. One ticket per handshake, as
+    // HAProxy sends: a browser keeps one connection per origin, and a client that does not
+    // resume (most load generators, scripts) decrypts and stores one ticket fewer.
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    cfg.send_tls13_tickets = 1;
     let watcher = tokio::spawn(async move {
         let mut seen = mtimes([&resolver.cert, &resolver.key]);
         loop {

@@ -196,20 +196,8 @@ async fn tls_termination_serves_http1_and_http2() {
     h.set(vec![member("echo", a, Alive, &[])]);
     h.wait_serving(1).await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
     for alpn in [b"http/1.1".to_vec(), b"h2".to_vec()] {
-        let mut cc =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
-        cc.alpn_protocols = vec![alpn.clone()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
-        let tcp = TcpStream::connect(h.front).await.unwrap();
-        let tls = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
-        let io = TokioIo::new(tls);
+        let io = TokioIo::new(tls_connect(h.front, &der, &alpn).await);
         let req = Request::get("https://localhost/echo")
             .header("host", "localhost")
             .body(Full::new(Bytes::new()))
@@ -228,6 +216,102 @@ async fn tls_termination_serves_http1_and_http2() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(String::from_utf8_lossy(&body).contains("x-forwarded-proto: https"));
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client's session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[tokio::test]
+async fn tls_sessions_resume_from_one_stateless_ticket_even_after_many_other_handshakes() {
+    let dir = std::env::temp_dir().join(format!("shoal-tls-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tls, der) = self_signed(&dir);
+    let mut cfg = BalancerConfig::simple(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        PoolConfig::new("backend", "backend", 3000),
+        None,
+    );
+    cfg.frontends[0].tls = Some(tls);
+    let h = Harness::with_config(cfg).await;
+    let (a, _t) = echo_backend("echo").await;
+    h.set(vec![member("echo", a, Alive, &[])]);
+    h.wait_serving(1).await;
+
+    let store = Arc::new(CountingTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(16),
+        tickets: Default::default(),
+    });
+    let mut cc = tls_client_config(&der);
+    cc.resumption = rustls::client::Resumption::store(store.clone());
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
+    // One request and its answer on a connection: the ticket arrives after the handshake, and
+    // the client takes it in while reading the response.
+    let exchange = |resumed: bool| {
+        let connector = connector.clone();
+        let front = h.front;
+        async move {
+            let tcp = TcpStream::connect(front).await.unwrap();
+            let mut s = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+            let kind = s.get_ref().1.handshake_kind();
+            let expected = if resumed { rustls::HandshakeKind::Resumed } else { rustls::HandshakeKind::Full };
+            assert_eq!(kind, Some(expected));
+            s.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+            let mut buf = Vec::new();
+            let (status, _, _) = read_response(&mut s, &mut buf, false).await;
+            assert_eq!(status, 200);
+        }
+    };
+    exchange(false).await;
+    assert_eq!(store.tickets.load(std::sync::atomic::Ordering::SeqCst), 1, "one ticket per handshake");
+    // Far more full handshakes from other clients than a session cache of ids would hold.
+    for _ in 0..300 {
+        drop(tls_connect(h.front, &der, b"http/1.1").await);
+    }
+    exchange(true).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -373,20 +373,24 @@ pub fn self_signed(
     (shoal_balancer::TlsConfig { cert: dir.join("cert.pem"), key: dir.join("key.pem") }, cert.der().clone())
 }
 
+/// A TLS client configuration (rustls with *ring*) that trusts `der` alone.
+pub fn tls_client_config(der: &rustls::pki_types::CertificateDer<'static>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.clone()).unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// A TLS connection to `addr` trusting `der`, offering `alpn`.
 pub async fn tls_connect(
     addr: SocketAddr,
     der: &rustls::pki_types::CertificateDer<'static>,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.clone()).unwrap();
-    let mut cc =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut cc = tls_client_config(der);
     cc.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
     let tcp = TcpStream::connect(addr).await.unwrap();
