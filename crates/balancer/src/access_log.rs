@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoal_gossip::escape;
 
+use crate::codec::push_socket_addr;
+
 /// Lines wait at most this long before they are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// A shard this full wakes the writer at once.
@@ -304,7 +306,8 @@ fn quoted(out: &mut Vec<u8>, s: &str) {
 /// `client:port [date] frontend backend/server TR/Tw/Tc/Tr/Ta status bytes - - TTTT
 /// actconn/feconn/beconn/srv_conn/retries 0/0 "request"`, as HAProxy's `option httplog`.
 pub fn httplog_line(r: &Record<'_>, out: &mut Vec<u8>) {
-    let _ = write!(out, "{} [", r.client);
+    push_socket_addr(out, r.client);
+    out.extend_from_slice(b" [");
     date(r.at, Format::HttpLog, out);
     out.extend_from_slice(b"] ");
     out.extend_from_slice(escape::field(r.frontend).as_bytes());
@@ -363,7 +366,9 @@ pub fn json_line(r: &Record<'_>, out: &mut Vec<u8>) {
     };
     out.extend_from_slice(b"{\"time\":\"");
     date(r.at, Format::Json, out);
-    let _ = write!(out, "\",\"client\":\"{}\",\"frontend\":", r.client);
+    out.extend_from_slice(b"\",\"client\":\"");
+    push_socket_addr(out, r.client);
+    out.extend_from_slice(b"\",\"frontend\":");
     string(out, r.frontend);
     out.extend_from_slice(b",\"backend\":");
     opt(out, r.backend);

@@ -217,6 +217,39 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// Appends `ip` as text (`10.0.0.1`, `2001:db8::1`), an IPv4 address without the formatter.
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa(u64::from(octet), &mut [0; 20]));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Appends `addr` as text, as its `Display` shows it: `10.0.0.1:80`, `[2001:db8::1]:80`.
+pub(crate) fn push_socket_addr(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            push_ip(out, std::net::IpAddr::V4(*v4.ip()));
+            out.push(b':');
+            out.extend_from_slice(itoa(u64::from(v4.port()), &mut [0; 20]));
+        }
+        std::net::SocketAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// `n` in lower-case hex, written at the end of `buf`.
 pub(crate) fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
     let mut i = buf.len();
@@ -412,6 +445,26 @@ pub(crate) fn local_answer(status: StatusCode, text: &str, head_only: bool, clos
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_their_display_shows_them() {
+        for text in [
+            "0.0.0.0:0",
+            "10.0.1.2:33317",
+            "255.255.255.255:65535",
+            "[::1]:80",
+            "[2001:db8::7]:443",
+            "[fe80::1%2]:8080",
+        ] {
+            let addr: std::net::SocketAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            push_socket_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+            let mut ip = Vec::new();
+            push_ip(&mut ip, addr.ip());
+            assert_eq!(String::from_utf8(ip).unwrap(), addr.ip().to_string());
+        }
+    }
 
     const PLAIN: Extras<'static> =
         Extras { head_only: false, set_cookie: None, close: false, upgrade: false };

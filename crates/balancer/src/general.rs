@@ -38,10 +38,25 @@ pub(crate) async fn handle(
     let fe = ctx.frontend.load_full();
     let now = Instant::now();
     // Logged in origin form whatever the protocol: `GET /path HTTP/2.0`.
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let line = || format!("{} {target} {:?}", req.method(), req.version());
+    let line = || {
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let version = match req.version() {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_11 => "HTTP/1.1",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/?",
+        };
+        let method = req.method().as_str();
+        let mut line = String::with_capacity(method.len() + target.len() + version.len() + 2);
+        for part in [method, " ", target, " ", version] {
+            line.push_str(part);
+        }
+        line
+    };
     let head_age = ctx.state.as_ref().map_or(Duration::ZERO, |s| s.head_age(now));
-    let mut txn = Txn::begin(&ctx, fe.clone(), head_age, line);
+    let mut txn = Txn::begin(&ctx, fe.clone(), now, head_age, line);
     if ctx.state.as_ref().is_some_and(|s| s.smuggling.load(Ordering::Relaxed)) {
         tracing::warn!(client = %ctx.client, "request with both Content-Length and Transfer-Encoding refused");
         txn.denied(400, *b"PR");

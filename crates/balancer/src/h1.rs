@@ -204,7 +204,9 @@ async fn one_request<S: ClientIo>(
     };
     let head_len = request.head_len;
     let close = request.close || stop.is_set();
-    let txn = Txn::begin(ctx, frontend, head_started.elapsed(), || request.line.clone());
+    let now = Instant::now();
+    let head_age = now.saturating_duration_since(head_started);
+    let txn = Txn::begin(ctx, frontend, now.into_std(), head_age, || request.line.clone());
     if !proxy(io, buf, txn, request, close, timeouts.client).await {
         return Next::Closed;
     }

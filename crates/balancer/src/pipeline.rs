@@ -16,7 +16,6 @@
 //! Adapters only move bytes and translate framing; a rule or a counter added here holds on
 //! every protocol.
 
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::Method;
 
 use crate::access_log::{AccessLog, Record};
-use crate::codec::{HeaderSink, is_hop_by_hop, itoa};
+use crate::codec::{HeaderSink, is_hop_by_hop, itoa, push_ip};
 use crate::config::Algorithm;
 use crate::conn::ConnState;
 use crate::frontend::{ConnCtx, Frontend};
@@ -214,7 +213,7 @@ pub(crate) fn upstream_head(
             out.field(b"cookie", &cookie);
         }
     }
-    let _ = write!(forwarded_for, "{}", ctx.client.ip());
+    push_ip(&mut forwarded_for, ctx.client.ip());
     out.field(b"x-forwarded-for", &forwarded_for);
     out.field(b"x-forwarded-proto", if tls { b"https" } else { b"http" });
     out.field(b"x-forwarded-port", itoa(u64::from(ctx.local_port), &mut [0; 20]));
@@ -270,15 +269,15 @@ pub(crate) struct Txn {
 }
 
 impl Txn {
-    /// A request whose head took `head_age` to arrive; `line` makes its request line (called
-    /// only when requests are logged).
+    /// A request whose head, complete at `started`, took `head_age` to arrive; `line` makes its
+    /// request line (called only when requests are logged).
     pub(crate) fn begin(
         ctx: &ConnCtx,
         fe: Arc<Frontend>,
+        started: Instant,
         head_age: Duration,
         line: impl FnOnce() -> String,
     ) -> Txn {
-        let started = Instant::now();
         if let Some(s) = &ctx.state {
             s.begin();
         }

@@ -444,5 +444,8 @@ impl Drop for UpstreamBody {
         if !self.done && self.framing.is_done() {
             self.finish();
         }
+        // The read buffer serves the next exchange on this thread (unless a frame of it is
+        // still alive).
+        crate::buffers::give_bytes(std::mem::take(&mut self.rest));
     }
 }
