@@ -378,6 +378,41 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert!(TcpStream::connect(h.front).await.is_err(), "no longer accepting");
 }
 
+#[tokio::test]
+async fn shutdown_lets_in_flight_http2_streams_over_tls_finish_and_sends_goaway() {
+    let dir = std::env::temp_dir().join(format!("shoal-h2-stop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tls, der) = self_signed(&dir);
+    let mut cfg = BalancerConfig::simple(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        PoolConfig::new("backend", "backend", 3000),
+        None,
+    );
+    cfg.frontends[0].tls = Some(tls);
+    let h = Harness::with_config(cfg).await;
+    let (a, _t) = echo_backend("echo").await;
+    h.set(vec![member("echo", a, Alive, &[])]);
+    h.wait_serving(1).await;
+
+    let io = TokioIo::new(tls_connect(h.front, &der, b"h2").await);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = |path: &str| {
+        Request::get(format!("https://localhost{path}")).body(Full::new(Bytes::new())).unwrap()
+    };
+    assert_eq!(sender.send_request(req("/echo")).await.unwrap().status(), 200);
+    let slow = tokio::spawn(sender.send_request(req("/slow/500")));
+    let backend = h.balancer.pools()["backend"].clone();
+    wait_until("the slow stream is in flight", || backend.active() == 1).await;
+    h.balancer.shutdown().await;
+    let resp = slow.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200, "the in-flight stream completed");
+    // GOAWAY, then the connection's end: the client's connection task finishes cleanly.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "the client connection ended cleanly: {ended:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A server that answers every request with a 64 MiB body, written as fast as it is taken.
 async fn firehose_backend() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
