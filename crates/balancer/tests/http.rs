@@ -397,9 +397,8 @@ async fn shutdown_lets_in_flight_http2_streams_over_tls_finish_and_sends_goaway(
     let io = TokioIo::new(tls_connect(h.front, &der, b"h2").await);
     let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
     let conn = tokio::spawn(conn);
-    let req = |path: &str| {
-        Request::get(format!("https://localhost{path}")).body(Full::new(Bytes::new())).unwrap()
-    };
+    let req =
+        |path: &str| Request::get(format!("https://localhost{path}")).body(Full::new(Bytes::new())).unwrap();
     assert_eq!(sender.send_request(req("/echo")).await.unwrap().status(), 200);
     let slow = tokio::spawn(sender.send_request(req("/slow/500")));
     let backend = h.balancer.pools()["backend"].clone();
