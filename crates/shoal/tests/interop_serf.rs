@@ -191,10 +191,14 @@ async fn graceful_stop_is_left_and_kill_is_failed_on_both_sides() {
     wait_for_async(Duration::from_secs(30), || status_in(&h, "serf-victim") == Some(MemberStatus::Failed))
         .await
         .expect("shoal: serf victim failed");
-    // Serf's own detection: in a cluster this small its Lifeguard suspicion runs close to its
-    // maximum (6 x 4 s) for want of confirmations, and a loaded machine adds to it.
-    wait_for(Duration::from_secs(60), || serf.status_of("serf-victim").as_deref() == Some("failed"))
-        .expect("serf agrees");
+    // Serf takes Shoal's word at once when it knows the victim at the incarnation Shoal
+    // declares dead (8 ms after Shoal, measured on a quiet machine). Otherwise it is Serf's own
+    // detection: in a cluster this small its Lifeguard suspicion runs close to its maximum
+    // (6 x 4 s) for want of confirmations, and on a loaded machine its local-health score
+    // stretches every probe up to 9x (CI once took over 60 s): a wait for the state, bounded.
+    let agreed =
+        wait_for(Duration::from_secs(150), || serf.status_of("serf-victim").as_deref() == Some("failed"));
+    assert!(agreed.is_some(), "serf agrees; it says {:?}", serf.status_of("serf-victim"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -501,17 +501,25 @@ fn a_member_name_or_tag_with_newlines_never_reaches_haproxy_cfg() {
             &format!("--rpc-addr={}", ha.rpc),
             &format!("--template={}:{}", template.display(), dest.display()),
             "--check=haproxy -c -q -f {{src}}",
-            &format!("--command=echo reloaded >> {}", reloads.display()),
+            // One line per reload, with the number of servers in the file it reloaded.
+            &format!(
+                "--command=echo reloaded $(grep -c '# zone' {}) >> {}",
+                dest.display(),
+                reloads.display()
+            ),
             "--wait=50ms:500ms",
         ],
         &[],
     );
     let log = || std::fs::read_to_string(&render_log).unwrap_or_default();
     let _s1 = serf_member("s1", &["-tag", "role=backend", "-tag", "zone=eu", &join]);
+    // The reload command runs after the new file is in place: wait for the reload of s1's file
+    // too, or its line could land inside the first round and read as one the attack caused.
     let rendered = wait_for(Duration::from_secs(15), || {
         std::fs::read_to_string(&dest).is_ok_and(|c| c.contains("server s1 127.0.0.1:3000 check # zone eu\n"))
+            && std::fs::read_to_string(&reloads).is_ok_and(|r| r.lines().any(|l| l == "reloaded 1"))
     });
-    assert!(rendered.is_some(), "s1 is rendered:\n{}", log());
+    assert!(rendered.is_some(), "s1 is rendered and reloaded:\n{}", log());
 
     // A second `global` section turns master-worker mode on, which `program` sections need;
     // the rest of the server's line goes to a server of another backend.
