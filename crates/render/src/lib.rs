@@ -19,6 +19,7 @@
 //! or from any agent's RPC — Shoal's or real Serf's ([`rpc_source`]).
 
 pub mod config;
+pub mod handlebars_cmd;
 pub mod model;
 pub mod output;
 pub mod template;

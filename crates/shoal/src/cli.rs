@@ -67,6 +67,10 @@ pub enum Command {
     Server(ServerArgs),
     /// Render config files (HAProxy, nginx, …) from any agent's membership; check, then reload.
     Render(RenderArgs),
+    /// Render the template on stdin with handlebars-cmd's command line: `--key value` pairs (a
+    /// value that parses as JSON is JSON), an optional JSON data file, `--strict`. Also run when
+    /// `shoal` is invoked as `handlebars` (a symlink).
+    Handlebars(ToolArgs),
     /// Be a container's PID 1: run init scripts, supervise services, stop them in order.
     Init(InitArgs),
 }
@@ -142,6 +146,15 @@ pub struct RenderFlags {
     /// above add to it).
     #[arg(long, env = "SHOAL_RENDER_CONFIG")]
     pub render_config: Option<PathBuf>,
+}
+
+/// A stand-in tool's own command line, passed to it untouched.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct ToolArgs {
+    /// The tool's arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// Flags of `shoal render`.

@@ -7,6 +7,7 @@ mod client_cmds;
 mod demo_cmd;
 mod log_limit;
 mod logging;
+mod multicall;
 mod render_cmd;
 mod server_cmd;
 mod webapp_cmd;
@@ -16,7 +17,15 @@ use clap::Parser;
 use crate::cli::Command;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(tool) = args.first().and_then(multicall::Tool::from_program) {
+        return tool.run(&args[1..]);
+    }
+    let cli = cli::Cli::parse_from(args);
+    // The stand-in tools run as the originals do: no runtime, no logging of Shoal's own.
+    if let Command::Handlebars(tool) = &cli.command {
+        return multicall::Tool::Handlebars.run(&tool.args);
+    }
     let verbosity = match cli.command {
         Command::Agent(_)
         | Command::Balancer(_)
@@ -70,6 +79,7 @@ fn main() -> std::process::ExitCode {
             Command::Keys(a) => client_cmds::keys(a).await,
             Command::Keygen => client_cmds::keygen(),
             Command::Info(a) => client_cmds::info(a).await,
+            Command::Handlebars(_) => Ok(()), // run above, before the runtime
         }
     });
     logging.limit.report_suppressed();

@@ -313,6 +313,15 @@ fn the_reference_lab_replayed_in_docker() {
     // The runtime API's socket could still be made (in the tmpfs owned by nobody).
     let servers = docker(&["exec", &lab.name("ha"), "shoal", "server", "show"]);
     assert!(servers.contains("s1") && servers.contains("s2"), "the runtime API answers: {servers}");
+    // The image's `handlebars` is shoal, with handlebars-cmd's command line.
+    let rendered = docker(&[
+        "exec",
+        &lab.name("ha"),
+        "sh",
+        "-c",
+        r#"echo '{{#each a}}{{host}}={{ip}};{{/each}}' | handlebars --a '[{"host":"s1","ip":"10.0.0.2"}]'"#,
+    ]);
+    assert_eq!(rendered.trim_end(), "s1=10.0.0.2;", "the image's handlebars renders");
     let client = Client::start(lab.front);
 
     // 2. s3, s4: routed to within 1 s of their start.
