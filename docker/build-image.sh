@@ -27,7 +27,7 @@ mkdir -p "$root"/{bin,usr/bin,etc/shoal,tmp} "$ctx/empty"
 chmod 1777 "$root/tmp"
 cp "$BIN" "$root/usr/bin/shoal"
 # The reference stack's tools that `shoal` stands in for under their own names.
-for tool in handlebars; do
+for tool in handlebars with-contenv; do
     ln -s shoal "$root/usr/bin/$tool"
 done
 cp /bin/busybox "$root/bin/busybox"

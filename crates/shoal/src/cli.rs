@@ -71,6 +71,9 @@ pub enum Command {
     /// value that parses as JSON is JSON), an optional JSON data file, `--strict`. Also run when
     /// `shoal` is invoked as `handlebars` (a symlink).
     Handlebars(ToolArgs),
+    /// Run a command with the container's environment, as s6-overlay's `with-contenv` (also run
+    /// when `shoal` is invoked as `with-contenv`, e.g. from a `#!/usr/bin/with-contenv sh` line).
+    WithContenv(ToolArgs),
     /// Be a container's PID 1: run init scripts, supervise services, stop them in order.
     Init(InitArgs),
 }

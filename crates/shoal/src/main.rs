@@ -23,8 +23,10 @@ fn main() -> std::process::ExitCode {
     }
     let cli = cli::Cli::parse_from(args);
     // The stand-in tools run as the originals do: no runtime, no logging of Shoal's own.
-    if let Command::Handlebars(tool) = &cli.command {
-        return multicall::Tool::Handlebars.run(&tool.args);
+    match &cli.command {
+        Command::Handlebars(tool) => return multicall::Tool::Handlebars.run(&tool.args),
+        Command::WithContenv(tool) => return multicall::Tool::WithContenv.run(&tool.args),
+        _ => {}
     }
     let verbosity = match cli.command {
         Command::Agent(_)
@@ -79,7 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Keys(a) => client_cmds::keys(a).await,
             Command::Keygen => client_cmds::keygen(),
             Command::Info(a) => client_cmds::info(a).await,
-            Command::Handlebars(_) => Ok(()), // run above, before the runtime
+            Command::Handlebars(_) | Command::WithContenv(_) => Ok(()), // run above, before the runtime
         }
     });
     logging.limit.report_suppressed();

@@ -322,6 +322,8 @@ fn the_reference_lab_replayed_in_docker() {
         r#"echo '{{#each a}}{{host}}={{ip}};{{/each}}' | handlebars --a '[{"host":"s1","ip":"10.0.0.2"}]'"#,
     ]);
     assert_eq!(rendered.trim_end(), "s1=10.0.0.2;", "the image's handlebars renders");
+    let role = docker(&["exec", &lab.name("ha"), "with-contenv", "sh", "-c", "echo $ROLE"]);
+    assert_eq!(role.trim_end(), "balancer", "the image's with-contenv runs its command");
     let client = Client::start(lab.front);
 
     // 2. s3, s4: routed to within 1 s of their start.

@@ -13,7 +13,9 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!("shoal-multicall-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_shoal"), dir.join("handlebars")).unwrap();
+        for tool in ["handlebars", "with-contenv"] {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_shoal"), dir.join(tool)).unwrap();
+        }
         Scratch(dir)
     }
 
@@ -37,7 +39,8 @@ fn run(program: &Path, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    // A command line it refuses ends it before it reads: the pipe may be closed by then.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     child.wait_with_output().unwrap()
 }
 
@@ -91,4 +94,48 @@ fn handlebars_refuses_bad_command_lines_and_templates_with_a_reason_and_no_outpu
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("handlebars: ") && err.contains(says), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn with_contenv_runs_a_script_with_the_container_environment_laid_over_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("contenv");
+    let env_dir = scratch.path("container_environment");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    std::fs::write(env_dir.join("ROLE"), "backend").unwrap();
+    std::fs::write(env_dir.join("GONE"), "").unwrap();
+    // A run script as s6-overlay images write them: `#!/usr/bin/with-contenv sh`.
+    let script = scratch.path("run");
+    std::fs::write(
+        &script,
+        format!(
+            "#!{} /bin/sh\nprintf '%s|%s|%s' \"$ROLE\" \"$GONE\" \"$KEPT\"\n",
+            scratch.path("with-contenv").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&script)
+        .env("SHOAL_CONTENV_DIR", &env_dir)
+        .env("ROLE", "overridden")
+        .env("GONE", "unset by its empty file")
+        .env("KEPT", "kept")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "backend||kept");
+    // `shoal with-contenv`, and no folder at all: the command runs with the environment it has.
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["with-contenv", "sh", "-c", "printf %s \"$KEPT\""])
+        .env("SHOAL_CONTENV_DIR", scratch.path("none"))
+        .env("KEPT", "kept")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(111), "a named folder that is missing is an error");
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("with-contenv: cannot read"));
+    let out = Command::new(scratch.path("with-contenv")).arg("no-such-program-here").output().unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run no-such-program-here"));
+    let out = Command::new(scratch.path("with-contenv")).output().unwrap();
+    assert_eq!(out.status.code(), Some(100), "no command: usage");
 }
