@@ -265,11 +265,12 @@ impl rustls::client::ClientSessionStore for CountingTickets {
     }
 }
 
-#[tokio::test]
-async fn tls_sessions_resume_from_one_stateless_ticket_even_after_many_other_handshakes() {
-    let dir = std::env::temp_dir().join(format!("shoal-tls-resume-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (tls, der) = self_signed(&dir);
+/// A balancer with a TLS frontend (a self-signed certificate for `localhost`, made in `dir`)
+/// serving one echo backend; the certificate for clients to trust, and the backend's task.
+async fn tls_echo_harness(
+    dir: &std::path::Path,
+) -> (Harness, rustls::pki_types::CertificateDer<'static>, tokio::task::JoinHandle<()>) {
+    let (tls, der) = self_signed(dir);
     let mut cfg = BalancerConfig::simple(
         vec!["127.0.0.1:0".parse().unwrap()],
         PoolConfig::new("backend", "backend", 3000),
@@ -277,9 +278,17 @@ async fn tls_sessions_resume_from_one_stateless_ticket_even_after_many_other_han
     );
     cfg.frontends[0].tls = Some(tls);
     let h = Harness::with_config(cfg).await;
-    let (a, _t) = echo_backend("echo").await;
+    let (a, echo) = echo_backend("echo").await;
     h.set(vec![member("echo", a, Alive, &[])]);
     h.wait_serving(1).await;
+    (h, der, echo)
+}
+
+#[tokio::test]
+async fn tls_sessions_resume_from_one_stateless_ticket_even_after_many_other_handshakes() {
+    let dir = std::env::temp_dir().join(format!("shoal-tls-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (h, der, _echo) = tls_echo_harness(&dir).await;
 
     let store = Arc::new(CountingTickets {
         inner: rustls::client::ClientSessionMemoryCache::new(16),
@@ -382,17 +391,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
 async fn shutdown_lets_in_flight_http2_streams_over_tls_finish_and_sends_goaway() {
     let dir = std::env::temp_dir().join(format!("shoal-h2-stop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (tls, der) = self_signed(&dir);
-    let mut cfg = BalancerConfig::simple(
-        vec!["127.0.0.1:0".parse().unwrap()],
-        PoolConfig::new("backend", "backend", 3000),
-        None,
-    );
-    cfg.frontends[0].tls = Some(tls);
-    let h = Harness::with_config(cfg).await;
-    let (a, _t) = echo_backend("echo").await;
-    h.set(vec![member("echo", a, Alive, &[])]);
-    h.wait_serving(1).await;
+    let (h, der, _echo) = tls_echo_harness(&dir).await;
 
     let io = TokioIo::new(tls_connect(h.front, &der, b"h2").await);
     let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
