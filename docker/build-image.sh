@@ -27,9 +27,14 @@ mkdir -p "$root"/{bin,usr/bin,etc/shoal,tmp} "$ctx/empty"
 chmod 1777 "$root/tmp"
 cp "$BIN" "$root/usr/bin/shoal"
 # The reference stack's tools that `shoal` stands in for under their own names.
-for tool in handlebars with-contenv; do
+for tool in handlebars with-contenv s6-svc s6-svscanctl s6-svstat; do
     ln -s shoal "$root/usr/bin/$tool"
 done
+# s6-overlay's places: /var/run is /run (as on Debian); `shoal init` makes /run/service/<name>
+# (each with its supervise/ folder), links /var/run/s6/services to it, and writes the
+# container's environment to /run/s6/container_environment.
+mkdir -p "$root/var"
+ln -s ../run "$root/var/run"
 cp /bin/busybox "$root/bin/busybox"
 for applet in $(/bin/busybox --list); do
     [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
@@ -46,6 +51,8 @@ COPY rootfs/ /
 # everything else can be mounted read-only (`docker run --read-only --tmpfs /run/shoal:uid=65534,gid=65534`).
 COPY --chown=65534:65534 empty/ /var/lib/shoal/
 COPY --chown=65534:65534 empty/ /run/shoal/
+COPY --chown=65534:65534 empty/ /run/service/
+COPY --chown=65534:65534 empty/ /run/s6/
 # Not root: ports below 1024 are open to any user inside a container's own network namespace
 # (Docker sets net.ipv4.ip_unprivileged_port_start=0), so the balancer binds 80 as `nobody`.
 USER 65534:65534

@@ -8,7 +8,9 @@
 //! left after the grace time and runs `/etc/cont-finish.d/*`. Every child and
 //! every orphan is reaped by one component ([`reaper`]).
 
+mod live;
 pub mod reaper;
+pub mod s6;
 pub mod service;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +41,12 @@ pub struct InitConfig {
     pub on_failure: OnFailure,
     /// The main command, whose exit ends the container with its code.
     pub main: Vec<String>,
+    /// Where the services appear for s6's tools (`s6-svc`, `s6-svstat`, `s6-svscanctl`): the
+    /// first holds each service's `supervise/` folder, the others become links to it.
+    pub scan_dirs: Vec<PathBuf>,
+    /// Where the container's environment is written, one file per variable, for `with-contenv`
+    /// (none: not written).
+    pub contenv_dir: Option<PathBuf>,
 }
 
 impl Default for InitConfig {
@@ -51,6 +59,8 @@ impl Default for InitConfig {
             restart_delay: Duration::from_secs(1),
             on_failure: OnFailure::Restart,
             main: Vec::new(),
+            scan_dirs: vec!["/run/service".into(), "/var/run/s6/services".into()],
+            contenv_dir: Some("/run/s6/container_environment".into()),
         }
     }
 }
@@ -123,25 +133,25 @@ pub async fn run(cfg: InitConfig) -> Result<i32, InitError> {
         tokio::spawn(async move { while stream.recv().await.is_some() && tx.send(sig).is_ok() {} });
     }
 
+    if let Some(dir) = &cfg.contenv_dir {
+        live::dump_environment(dir);
+    }
     run_stage(&reaper, &cfg.cont_init_dir, Duration::from_secs(300)).await;
     let defs = service::discover(&cfg.services_dir)
         .map_err(|source| InitError::Services { dir: cfg.services_dir.clone(), source })?;
     let (stopping_tx, stopping) = watch::channel(false);
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
-    let restart_delay = cfg.restart_delay.max(Duration::from_secs(1));
-    let handles: Vec<service::Handle> = defs
-        .into_iter()
-        .map(|d| {
-            service::supervise(
-                d,
-                reaper.clone(),
-                restart_delay,
-                cfg.on_failure,
-                stopping.clone(),
-                stop_tx.clone(),
-            )
-        })
-        .collect();
+    let how = service::Supervision {
+        reaper: reaper.clone(),
+        restart_delay: cfg.restart_delay.max(Duration::from_secs(1)),
+        on_failure: cfg.on_failure,
+        stopping,
+        stop: stop_tx.clone(),
+    };
+    let scan = live::ScanDir::prepare(&cfg.scan_dirs);
+    let mut svscan_letters = scan.as_ref().and_then(live::ScanDir::control);
+    let mut handles: Vec<service::Handle> =
+        defs.into_iter().map(|d| live::supervise(scan.as_ref(), d, &how)).collect();
     tracing::info!(services = handles.len(), dir = %cfg.services_dir.display(), "supervising");
 
     let mut main_pid = None;
@@ -169,6 +179,16 @@ pub async fn run(cfg: InitConfig) -> Result<i32, InitError> {
             _ = term.recv() => break StopReason::Signal,
             _ = int.recv() => break StopReason::Signal,
             Some(r) = stop_rx.recv() => break r,
+            Some(letter) = async { svscan_letters.as_mut()?.recv().await }, if svscan_letters.is_some() => {
+                match letter {
+                    b'a' | b'h' => live::rescan(scan.as_ref(), &cfg.services_dir, &how, &mut handles),
+                    b't' | b'i' | b'q' | b'b' => {
+                        tracing::info!(command = %char::from(letter), "s6-svscanctl: stopping the container");
+                        break StopReason::Signal;
+                    }
+                    _ => {}
+                }
+            }
             Some(sig) = forward_rx.recv() => {
                 tracing::info!(signal = sig.as_str(), "forwarding");
                 for h in &handles {
@@ -182,6 +202,7 @@ pub async fn run(cfg: InitConfig) -> Result<i32, InitError> {
     };
     tracing::info!(?reason, "stopping the container");
     let _ = stopping_tx.send(true);
+    drop(svscan_letters.take());
     stop_services(&handles, cfg.grace).await;
     if let (Some(pid), StopReason::Signal | StopReason::Failing) = (main_pid, reason) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);

@@ -74,6 +74,19 @@ pub enum Command {
     /// Run a command with the container's environment, as s6-overlay's `with-contenv` (also run
     /// when `shoal` is invoked as `with-contenv`, e.g. from a `#!/usr/bin/with-contenv sh` line).
     WithContenv(ToolArgs),
+    /// Send s6-svc's commands (`-h` SIGHUP, `-t` SIGTERM, `-r` restart, `-d` down, `-u` up, `-o`
+    /// once, `-x` exit, `-wu`/`-wd` wait…) to a service of `shoal init` (or of s6), e.g.
+    /// `s6-svc -h /var/run/s6/services/ha`. Also run as `s6-svc` (a symlink).
+    #[command(name = "s6-svc")]
+    S6Svc(ToolArgs),
+    /// Send s6-svscanctl's commands to `shoal init`: `-a`/`-h` rescan the services folder,
+    /// `-t` stop the container. Also run as `s6-svscanctl`.
+    #[command(name = "s6-svscanctl")]
+    S6Svscanctl(ToolArgs),
+    /// Print a supervised service's state as s6-svstat does (`up (pid 12) 5 seconds`, or the
+    /// fields of `-o up,pid,…`). Also run as `s6-svstat`.
+    #[command(name = "s6-svstat")]
+    S6Svstat(ToolArgs),
     /// Be a container's PID 1: run init scripts, supervise services, stop them in order.
     Init(InitArgs),
 }
@@ -100,6 +113,20 @@ pub struct InitArgs {
     /// (each run shorter than 10 s); 0 restarts forever.
     #[arg(long, env = "SHOAL_INIT_MAX_FAILURES", default_value_t = 0)]
     pub max_failures: u32,
+    /// Where the services appear for s6-svc and s6-svstat, each with its `supervise/` folder:
+    /// the first holds them, the others are made links to it (s6-overlay v3's place, then
+    /// v1 and v2's). Repeatable; a folder that cannot be made only costs that control.
+    #[arg(
+        long = "scan-dir",
+        env = "SHOAL_INIT_SCAN_DIRS",
+        value_delimiter = ',',
+        default_values = ["/run/service", "/var/run/s6/services"]
+    )]
+    pub scan_dirs: Vec<PathBuf>,
+    /// Where the container's environment is written (one file per variable, readable by this
+    /// user only) for `with-contenv`; `none` writes nothing.
+    #[arg(long, env = "SHOAL_INIT_CONTENV_DIR", default_value = "/run/s6/container_environment")]
+    pub contenv_dir: PathBuf,
     /// The main command (after `--`): its exit ends the container with its exit code.
     #[arg(last = true)]
     pub main: Vec<String>,
@@ -149,6 +176,22 @@ pub struct RenderFlags {
     /// above add to it).
     #[arg(long, env = "SHOAL_RENDER_CONFIG")]
     pub render_config: Option<PathBuf>,
+}
+
+impl Command {
+    /// The stand-in tool this command runs, with its own arguments.
+    pub fn tool(&self) -> Option<(crate::multicall::Tool, &[std::ffi::OsString])> {
+        use crate::multicall::Tool;
+        let (tool, args) = match self {
+            Command::Handlebars(a) => (Tool::Handlebars, a),
+            Command::WithContenv(a) => (Tool::WithContenv, a),
+            Command::S6Svc(a) => (Tool::S6Svc, a),
+            Command::S6Svscanctl(a) => (Tool::S6Svscanctl, a),
+            Command::S6Svstat(a) => (Tool::S6Svstat, a),
+            _ => return None,
+        };
+        Some((tool, &args.args))
+    }
 }
 
 /// A stand-in tool's own command line, passed to it untouched.

@@ -23,10 +23,8 @@ fn main() -> std::process::ExitCode {
     }
     let cli = cli::Cli::parse_from(args);
     // The stand-in tools run as the originals do: no runtime, no logging of Shoal's own.
-    match &cli.command {
-        Command::Handlebars(tool) => return multicall::Tool::Handlebars.run(&tool.args),
-        Command::WithContenv(tool) => return multicall::Tool::WithContenv.run(&tool.args),
-        _ => {}
+    if let Some((tool, args)) = cli.command.tool() {
+        return tool.run(args);
     }
     let verbosity = match cli.command {
         Command::Agent(_)
@@ -81,7 +79,11 @@ fn main() -> std::process::ExitCode {
             Command::Keys(a) => client_cmds::keys(a).await,
             Command::Keygen => client_cmds::keygen(),
             Command::Info(a) => client_cmds::info(a).await,
-            Command::Handlebars(_) | Command::WithContenv(_) => Ok(()), // run above, before the runtime
+            Command::Handlebars(_)
+            | Command::WithContenv(_)
+            | Command::S6Svc(_)
+            | Command::S6Svscanctl(_)
+            | Command::S6Svstat(_) => Ok(()), // run above, before the runtime
         }
     });
     logging.limit.report_suppressed();
@@ -107,6 +109,8 @@ async fn init_cmd(a: cli::InitArgs, log_limit: log_limit::DependencyLimit) -> an
             n => shoal_init::OnFailure::StopAfter(n),
         },
         main: a.main,
+        scan_dirs: a.scan_dirs,
+        contenv_dir: (a.contenv_dir != std::path::Path::new("none")).then_some(a.contenv_dir),
     };
     let code = shoal_init::run(cfg).await?;
     log_limit.report_suppressed();

@@ -324,6 +324,9 @@ fn the_reference_lab_replayed_in_docker() {
     assert_eq!(rendered.trim_end(), "s1=10.0.0.2;", "the image's handlebars renders");
     let role = docker(&["exec", &lab.name("ha"), "with-contenv", "sh", "-c", "echo $ROLE"]);
     assert_eq!(role.trim_end(), "balancer", "the image's with-contenv runs its command");
+    // s6-overlay's service folders: s6-svstat reads the balancer's supervise/ status there.
+    let status = docker(&["exec", &lab.name("ha"), "s6-svstat", "/var/run/s6/services/balancer"]);
+    assert!(status.starts_with("up (pid "), "s6-svstat in the image: {status}");
     let client = Client::start(lab.front);
 
     // 2. s3, s4: routed to within 1 s of their start.

@@ -1,6 +1,8 @@
 //! `shoal init` as a container's PID 1 would run it (here as a child subreaper):
 //! init scripts, supervision and restarts, `finish` and `down`, stop order, grace
-//! and SIGKILL, signal forwarding, zombie reaping, the main command's exit code.
+//! and SIGKILL, signal forwarding, zombie reaping, the main command's exit code, and s6's
+//! control surface: `s6-svc`, `s6-svstat`, `s6-svscanctl` (ours and Debian's s6) and
+//! `with-contenv` reading the environment init wrote.
 
 mod common;
 
@@ -54,6 +56,8 @@ impl Layout {
             .arg(format!("--cont-init-dir={}", self.root.join("cont-init.d").display()))
             .arg(format!("--services-dir={}", self.root.join("services.d").display()))
             .arg(format!("--cont-finish-dir={}", self.root.join("cont-finish.d").display()))
+            .arg(format!("--scan-dir={},{}", self.scan().display(), self.root.join("s6/services").display()))
+            .arg(format!("--contenv-dir={}", self.root.join("contenv").display()))
             .args(extra)
             .env("EVENTS", self.events())
             .stdout(std::fs::File::create(&out).unwrap())
@@ -61,6 +65,11 @@ impl Layout {
             .spawn()
             .expect("shoal init starts");
         (Proc { child, name: "init".into() }, out)
+    }
+
+    /// The scan folder: each service's live folder, with its `supervise/`.
+    fn scan(&self) -> PathBuf {
+        self.root.join("service")
     }
 
     fn wait_log(&self, what: &str) {
@@ -289,4 +298,135 @@ fn signals_other_than_term_and_int_are_forwarded_to_services_and_the_main_comman
     l.wait_log("main got USR1");
     init.signal("INT");
     assert_eq!(init.wait_exit(Duration::from_secs(20)), Some(0), "SIGINT: an orderly stop");
+}
+
+/// Runs a tool (`shoal <tool>` or a program on the PATH, such as Debian's s6), returning its
+/// exit code, stdout and stderr.
+fn tool(program: &str, args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let mut cmd = if program.starts_with("s6-") && program.ends_with("(debian)") {
+        Command::new(program.trim_end_matches("(debian)"))
+    } else {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        c.arg(program);
+        c
+    };
+    let out = cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).output().expect("the tool runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn s6_tools_drive_the_services_and_debians_s6_reads_and_drives_them_too() {
+    let debian_s6 = require("s6-svstat");
+    let l = Layout::new("s6");
+    l.script(
+        "services.d/app/run",
+        "echo \"app start $$\" >> $EVENTS; trap 'echo \"app hup $$\" >> $EVENTS' HUP; \
+         trap 'echo \"app term $$\" >> $EVENTS; exit 0' TERM; while :; do sleep 0.05; done",
+    );
+    l.script("services.d/later/run", "echo later start >> $EVENTS; exec sleep 1000");
+    l.file("services.d/later/down", "");
+    let (mut init, _) = l.start(&[]);
+    l.wait_log("app start");
+    let app = l.scan().join("app");
+    let alias = l.root.join("s6/services/app");
+    let app_s = app.to_str().unwrap();
+    let first_pid = |log: &str, what: &str| -> Vec<String> {
+        log.lines().filter_map(|x| x.strip_prefix(what).map(str::to_owned)).collect()
+    };
+    let pid = first_pid(&l.log(), "app start ")[0].clone();
+
+    // s6-svstat, ours and Debian's, read the same status file and lock.
+    let (code, out, err) = tool("s6-svstat", &[app_s], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("up (pid {pid}) ")), "{out}");
+    if debian_s6 {
+        let (code, out, err) = tool("s6-svstat(debian)", &[app_s], &[]);
+        assert_eq!(code, 0, "Debian's s6-svstat reads shoal init's supervise folder: {err}");
+        assert!(
+            out.starts_with(&format!("up (pid {pid}) ")) && out.trim_end().ends_with(" seconds"),
+            "{out}"
+        );
+        let (_, out, _) = tool("s6-svstat(debian)", &["-o", "up,wantedup,normallyup,pid", app_s], &[]);
+        assert_eq!(out.trim(), format!("true true true {pid}"));
+    }
+
+    // -h through the s6-overlay v1/v2 path (a link to the scan folder): the service gets SIGHUP.
+    let (code, _, err) = tool("s6-svc", &["-h", alias.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    l.wait_log(&format!("app hup {pid}"));
+
+    // -d takes it down and keeps it down; -wd waits for that.
+    let (code, _, err) = tool("s6-svc", &["-wd", "-d", app_s], &[]);
+    assert_eq!(code, 0, "{err}");
+    l.wait_log(&format!("app term {pid}"));
+    let (_, out, _) = tool("s6-svstat", &["-o", "up,wantedup,exitcode", app_s], &[]);
+    assert_eq!(out.trim(), "false false 0");
+    let (_, out, _) = tool("s6-svstat", &[app_s], &[]);
+    assert!(out.starts_with("down (exitcode 0) ") && out.contains(", normally up, ready "), "{out}");
+
+    // -u brings it back, -r restarts it with a new pid; Debian's s6-svc (which waits on the
+    // event/ fifodir through s6-svlisten1) drives it the same way.
+    let (code, _, err) = tool("s6-svc", &["-wu", "-u", app_s], &[]);
+    assert_eq!(code, 0, "{err}");
+    let ok = wait_for(Duration::from_secs(10), || first_pid(&l.log(), "app start ").len() == 2);
+    assert!(ok.is_some(), "{}", l.log());
+    let (code, _, err) = tool("s6-svc", &["-wr", "-r", app_s], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(first_pid(&l.log(), "app start ").len(), 3, "{}", l.log());
+    if debian_s6 {
+        let (code, _, err) = tool("s6-svc(debian)", &["-T", "10000", "-wd", "-d", app_s], &[]);
+        assert_eq!(code, 0, "Debian's s6-svc -wd: {err}");
+        let (_, out, _) = tool("s6-svstat(debian)", &["-u", app_s], &[]);
+        assert_eq!(out.trim(), "false");
+        let (code, _, err) = tool("s6-svc(debian)", &["-T", "10000", "-wu", "-u", app_s], &[]);
+        assert_eq!(code, 0, "Debian's s6-svc -wu: {err}");
+        let (_, out, _) = tool("s6-svstat(debian)", &["-u", app_s], &[]);
+        assert_eq!(out.trim(), "true");
+    }
+
+    // A service with a `down` file waits for -u; -o runs it once.
+    let later = l.scan().join("later");
+    let (_, out, _) = tool("s6-svstat", &[later.to_str().unwrap()], &[]);
+    assert!(out.starts_with("down (exitcode 0) ") && !out.contains("normally up"), "{out}");
+    assert_eq!(lines_with(&l.log(), "later start"), 0);
+    let (code, _, err) = tool("s6-svc", &["-wu", "-o", later.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines_with(&l.log(), "later start"), 1);
+
+    // Bad input: s6's messages and exit codes, and nothing changed.
+    let missing = l.scan().join("nope");
+    let (code, _, err) = tool("s6-svc", &["-h", missing.to_str().unwrap()], &[]);
+    assert_eq!(
+        (code, err.trim()),
+        (
+            111,
+            format!("s6-svc: fatal: unable to control {}: No such file or directory", missing.display())
+                .as_str()
+        )
+    );
+    let (code, _, err) = tool("s6-svc", &["-h", l.root.to_str().unwrap()], &[]);
+    assert_eq!(code, 100, "a folder nobody supervises: {err}");
+    assert!(err.ends_with("supervisor not listening\n"), "{err}");
+    let (code, _, err) = tool("s6-svc", &["-Z", app_s], &[]);
+    assert_eq!(code, 100, "{err}");
+    assert!(err.starts_with("s6-svc: fatal: usage: s6-svc "), "{err}");
+    let (code, _, _) = tool("s6-svstat", &[l.root.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "s6-supervise not running");
+
+    // with-contenv, run from outside init (as `docker exec` would), gets init's environment.
+    let (code, out, err) = tool(
+        "with-contenv",
+        &["sh", "-c", "echo \"$EVENTS\""],
+        &[("SHOAL_CONTENV_DIR", &l.root.join("contenv"))],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), l.events().display().to_string());
+
+    // s6-svscanctl -t: the container stops as on SIGTERM.
+    let (code, _, err) = tool("s6-svscanctl", &["-t", l.scan().to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(init.wait_exit(Duration::from_secs(20)), Some(0), "{}", l.stderr());
+    let (code, _, _) = tool("s6-svstat", &[app_s], &[]);
+    assert_eq!(code, 1, "once init is gone, no supervisor holds the lock");
 }

@@ -1,75 +1,8 @@
-//! The tools of the reference stack that `shoal` stands in for when invoked under their name (a
-//! symlink such as `/usr/local/bin/handlebars -> shoal`) or as `shoal <tool> …`: each takes
-//! that tool's own command line, not Shoal's flags.
+//! `with-contenv`: s6-overlay's command that runs a program with the container's environment.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
-
-use shoal_render::handlebars_cmd;
-
-/// Largest template read from stdin, in bytes.
-const MAX_TEMPLATE: u64 = 16 << 20;
-
-/// A tool `shoal` can be invoked as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tool {
-    /// `handlebars-cmd`: a template on stdin rendered with `--key value` data.
-    Handlebars,
-    /// s6-overlay's `with-contenv`: a command run with the container's environment.
-    WithContenv,
-}
-
-impl Tool {
-    /// The tool a program name (`argv[0]`, any directory) stands for, if any.
-    pub fn from_program(argv0: &OsString) -> Option<Tool> {
-        match Path::new(argv0).file_name()?.to_str()? {
-            "handlebars" => Some(Tool::Handlebars),
-            "with-contenv" => Some(Tool::WithContenv),
-            _ => None,
-        }
-    }
-
-    /// Runs the tool with its arguments (without the program name).
-    pub fn run(self, args: &[OsString]) -> ExitCode {
-        match self {
-            Tool::Handlebars => handlebars(args),
-            Tool::WithContenv => with_contenv(args),
-        }
-    }
-}
-
-/// `handlebars [data.json] [--key value]… [--strict] < template > output`.
-fn handlebars(args: &[OsString]) -> ExitCode {
-    let fail = |why: &dyn std::fmt::Display| {
-        eprintln!("handlebars: {why}");
-        ExitCode::FAILURE
-    };
-    let invocation = match handlebars_cmd::parse(args) {
-        Ok(i) => i,
-        Err(e) => return fail(&e),
-    };
-    let mut template = Vec::new();
-    if let Err(e) = std::io::stdin().lock().take(MAX_TEMPLATE + 1).read_to_end(&mut template) {
-        return fail(&format_args!("cannot read the template from stdin: {e}"));
-    }
-    if template.len() as u64 > MAX_TEMPLATE {
-        return fail(&format_args!("the template on stdin is larger than {MAX_TEMPLATE} bytes"));
-    }
-    let Ok(template) = String::from_utf8(template) else {
-        return fail(&"the template on stdin is not UTF-8");
-    };
-    let out = match shoal_render::template::render("stdin", &template, &invocation.data, invocation.strict) {
-        Ok(out) => out,
-        Err(e) => return fail(&e),
-    };
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()) {
-        return fail(&format_args!("cannot write the output: {e}"));
-    }
-    ExitCode::SUCCESS
-}
 
 /// Where s6-overlay keeps the container's environment, one file per variable: v3's place, then
 /// v1 and v2's. `SHOAL_CONTENV_DIR` names another.
@@ -81,7 +14,7 @@ const CONTENV_DIRS: [&str; 2] = ["/run/s6/container_environment", "/var/run/s6/c
 /// newlines), an empty file unsets its variable. `shoal init` passes the container's
 /// environment to its services itself, so with no folder the command runs with the
 /// environment it has.
-fn with_contenv(args: &[OsString]) -> ExitCode {
+pub fn with_contenv(args: &[OsString]) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let Some((program, rest)) = args.split_first() else {
         eprintln!("with-contenv: usage: with-contenv PROG [ARGS…]");
@@ -140,15 +73,6 @@ fn contenv(dir: &Path) -> std::io::Result<Vec<(OsString, Option<OsString>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tools_are_known_by_their_program_name_in_any_directory() {
-        assert_eq!(Tool::from_program(&"handlebars".into()), Some(Tool::Handlebars));
-        assert_eq!(Tool::from_program(&"/usr/local/bin/handlebars".into()), Some(Tool::Handlebars));
-        assert_eq!(Tool::from_program(&"/usr/bin/shoal".into()), None);
-        assert_eq!(Tool::from_program(&"handlebars-cmd".into()), None);
-        assert_eq!(Tool::from_program(&"/usr/bin/with-contenv".into()), Some(Tool::WithContenv));
-    }
 
     #[test]
     fn an_environment_folder_sets_whole_values_and_empty_files_unset() {
