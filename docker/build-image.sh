@@ -27,7 +27,7 @@ mkdir -p "$root"/{bin,usr/bin,etc/shoal,tmp} "$ctx/empty"
 chmod 1777 "$root/tmp"
 cp "$BIN" "$root/usr/bin/shoal"
 # The reference stack's tools that `shoal` stands in for under their own names.
-for tool in handlebars with-contenv s6-svc s6-svscanctl s6-svstat; do
+for tool in serf handlebars with-contenv s6-svc s6-svscanctl s6-svstat; do
     ln -s shoal "$root/usr/bin/$tool"
 done
 # s6-overlay's places: /var/run is /run (as on Debian); `shoal init` makes /run/service/<name>

@@ -63,6 +63,11 @@ pub enum Command {
     Keygen,
     /// Show an agent's state and statistics.
     Info(InfoArgs),
+    /// Check that every live member answers a ping query, as `serf reachability` does.
+    Reachability(ReachabilityArgs),
+    /// Estimate the round trip time between two members from their network coordinates
+    /// (one name: between it and the agent), as `serf rtt` does.
+    Rtt(RttArgs),
     /// Steer a running balancer's servers through its runtime API (drain, ready, maint, weight).
     Server(ServerArgs),
     /// Render config files (HAProxy, nginx, …) from any agent's membership; check, then reload.
@@ -87,6 +92,10 @@ pub enum Command {
     /// fields of `-o up,pid,…`). Also run as `s6-svstat`.
     #[command(name = "s6-svstat")]
     S6Svstat(ToolArgs),
+    /// Run HashiCorp Serf's command line (`serf agent -join ha -tag role=web`, `serf members
+    /// -status=alive`, …): Go's flag syntax, Serf's flag names and JSON config files. Also run
+    /// when `shoal` is invoked as `serf` (a symlink).
+    Serf(ToolArgs),
     /// Be a container's PID 1: run init scripts, supervise services, stop them in order.
     Init(InitArgs),
 }
@@ -512,6 +521,24 @@ pub struct InfoArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ReachabilityArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Print each ack and the query's timing.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RttArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// One or two member names.
+    #[arg(required = true, num_args = 1..=2)]
+    pub nodes: Vec<String>,
 }
 
 /// Flags of `shoal balancer`: every agent flag, plus the balancer's.

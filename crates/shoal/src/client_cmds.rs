@@ -89,7 +89,8 @@ pub async fn members(a: MembersArgs) -> anyhow::Result<()> {
                         "port": m.port,
                         "tags": m.tags,
                         "status": m.status,
-                        "protocol": {"min": m.delegate_min, "max": m.delegate_max, "version": m.delegate_cur},
+                        // A Go map: its keys come out sorted.
+                        "protocol": {"max": m.delegate_max, "min": m.delegate_min, "version": m.delegate_cur},
                     })
                 })
                 .collect();
@@ -265,6 +266,129 @@ pub async fn info(a: InfoArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Serf's hints after a reachability test that missed or doubled acks.
+const TOO_MANY_ACKS: &str =
+    "This could mean Serf is detecting false-failures due to a misconfiguration or network issue.";
+const TOO_FEW_ACKS: &str =
+    "This could mean Serf gossip packets are being lost due to a misconfiguration or network issue.";
+const DUPLICATES: &str =
+    "Duplicate responses means there is a misconfiguration. Verify that node names are unique.";
+const TROUBLESHOOTING: &str = "
+Troubleshooting tips:
+* Ensure that the bind addr:port is accessible by all other nodes
+* If an advertise address is set, ensure it routes to the bind address
+* Check that no nodes are behind a NAT
+* If nodes are behind firewalls or iptables, check that Serf traffic is permitted (UDP and TCP)
+* Verify networking equipment is functional";
+
+/// `shoal reachability`: Serf's internal `_serf_ping` query with acks, compared with the live
+/// members; exit status 1 when an ack is missing, extra or doubled. Output as `serf reachability`.
+pub async fn reachability(a: ReachabilityArgs) -> anyhow::Result<()> {
+    let mut c = connect(&a.rpc).await?;
+    let members = c.members().await.context("Error getting members")?;
+    let live: std::collections::BTreeSet<String> =
+        members.iter().filter(|m| m.status == "alive").map(|m| m.name.clone()).collect();
+    println!("Total members: {}, live members: {}", members.len(), live.len());
+    let req = QueryRequest { request_ack: true, name: "_serf_ping".into(), ..QueryRequest::default() };
+    let seq = c.query(req).await.context("Error sending query")?;
+    println!("Starting reachability test...");
+    let start = std::time::Instant::now();
+    let mut last = start;
+    let mut acks = std::collections::BTreeSet::new();
+    let (mut count, mut duplicates) = (0usize, false);
+    loop {
+        let r = c.next_query_record(seq).await?;
+        if r.kind != query_record::ACK {
+            if r.kind == query_record::RESPONSE {
+                continue;
+            }
+            break;
+        }
+        if a.verbose {
+            println!("\tAck from '{}'", text(&r.from));
+        }
+        count += 1;
+        if !acks.insert(r.from.clone()) {
+            duplicates = true;
+            println!("Duplicate response from '{}'", text(&r.from));
+        }
+        last = std::time::Instant::now();
+    }
+    if a.verbose {
+        println!(
+            "Query time: {:.2} sec, time to last response: {:.2} sec",
+            start.elapsed().as_secs_f64(),
+            (last - start).as_secs_f64()
+        );
+    }
+    if duplicates {
+        println!("{DUPLICATES}");
+    }
+    let failed = match count.cmp(&live.len()) {
+        std::cmp::Ordering::Equal => {
+            println!("Successfully contacted all live nodes");
+            duplicates
+        }
+        std::cmp::Ordering::Greater => {
+            println!("Received more acks than live nodes! Acks from non-live nodes:");
+            for m in acks.difference(&live) {
+                println!("\t{}", text(m));
+            }
+            println!("{TOO_MANY_ACKS}\n{TROUBLESHOOTING}");
+            true
+        }
+        std::cmp::Ordering::Less => {
+            println!("Received less acks than live nodes! Missing acks from:");
+            for m in live.difference(&acks) {
+                println!("\t{}", text(m));
+            }
+            println!("{TOO_FEW_ACKS}\n{TROUBLESHOOTING}");
+            true
+        }
+    };
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `shoal rtt A [B]`: the distance between two members' Vivaldi coordinates (B defaults to the
+/// agent itself), as `serf rtt` prints it.
+pub async fn rtt(a: RttArgs) -> anyhow::Result<()> {
+    let mut c = connect(&a.rpc).await?;
+    let mut nodes = a.nodes.clone();
+    if nodes.len() == 1 {
+        let stats = c.stats().await.context("Error querying agent")?;
+        let me = stats
+            .get("agent")
+            .and_then(|s| s.get("name"))
+            .cloned()
+            .context("the agent did not say its name")?;
+        nodes.push(me);
+    }
+    let mut coords = Vec::new();
+    for node in &nodes {
+        let r = c.get_coordinate(node).await.context("Error getting coordinates")?;
+        if !r.ok {
+            bail!("Could not find a coordinate for node {:?}", text(node));
+        }
+        coords.push(r.coord);
+    }
+    let ms = distance(&coords[0], &coords[1]).as_secs_f64() * 1000.0;
+    println!("Estimated {} <-> {} rtt: {ms:.3} ms", text(&nodes[0]), text(&nodes[1]));
+    Ok(())
+}
+
+/// Serf's `Coordinate.DistanceTo`: Euclidean distance plus both heights, plus both adjustments
+/// when that stays positive; in whole nanoseconds as Go's `time.Duration`.
+fn distance(a: &shoal_rpc::protocol::Coordinate, b: &shoal_rpc::protocol::Coordinate) -> std::time::Duration {
+    let euclid = a.vec.iter().zip(&b.vec).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let raw = euclid + a.height + b.height;
+    let adjusted = raw + a.adjustment + b.adjustment;
+    let secs = if adjusted > 0.0 { adjusted } else { raw };
+    std::time::Duration::from_nanos((secs * 1e9).max(0.0) as u64)
 }
 
 /// `shoal keygen`: a fresh 32-byte key from the kernel's random source, in base64.

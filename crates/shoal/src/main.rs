@@ -18,10 +18,23 @@ use crate::cli::Command;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(tool) = args.first().and_then(multicall::Tool::from_program) {
+    let program = args.first().map(std::path::Path::new).and_then(std::path::Path::file_name);
+    let mut cli = if program.is_some_and(|p| p == "serf") {
+        match serf_cli(&args[1..]) {
+            Ok(cli) => cli,
+            Err(code) => return code,
+        }
+    } else if let Some(tool) = args.first().and_then(multicall::Tool::from_program) {
         return tool.run(&args[1..]);
+    } else {
+        cli::Cli::parse_from(args)
+    };
+    if let Command::Serf(serf) = &cli.command {
+        cli = match serf_cli(&serf.args) {
+            Ok(cli) => cli,
+            Err(code) => return code,
+        };
     }
-    let cli = cli::Cli::parse_from(args);
     // The stand-in tools run as the originals do: no runtime, no logging of Shoal's own.
     if let Some((tool, args)) = cli.command.tool() {
         return tool.run(args);
@@ -79,11 +92,14 @@ fn main() -> std::process::ExitCode {
             Command::Keys(a) => client_cmds::keys(a).await,
             Command::Keygen => client_cmds::keygen(),
             Command::Info(a) => client_cmds::info(a).await,
+            Command::Reachability(a) => client_cmds::reachability(a).await,
+            Command::Rtt(a) => client_cmds::rtt(a).await,
             Command::Handlebars(_)
             | Command::WithContenv(_)
             | Command::S6Svc(_)
             | Command::S6Svscanctl(_)
-            | Command::S6Svstat(_) => Ok(()), // run above, before the runtime
+            | Command::S6Svstat(_)
+            | Command::Serf(_) => Ok(()), // run above, before the runtime
         }
     });
     logging.limit.report_suppressed();
@@ -92,6 +108,22 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("shoal: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `serf ARGS…` as the `shoal` command line that does the same, or the exit of a command
+/// answered at once (`version`, a bad flag).
+fn serf_cli(args: &[std::ffi::OsString]) -> Result<cli::Cli, std::process::ExitCode> {
+    match multicall::serf(args) {
+        multicall::Serf::Shoal(argv) => Ok(cli::Cli::parse_from(argv)),
+        multicall::Serf::Print(text) => {
+            print!("{text}");
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        multicall::Serf::Fail(text, code) => {
+            eprintln!("{}", text.trim_end());
+            Err(std::process::ExitCode::from(code))
         }
     }
 }

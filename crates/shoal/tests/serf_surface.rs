@@ -466,3 +466,120 @@ fn snapshot_rejoins_known_members_without_replaying_events() {
     assert_eq!(seen.matches("before-restart").count(), 1, "not replayed: {seen}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// A folder holding a `serf` symlink to the `shoal` under test.
+fn serf_symlink(name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    let link = dir.join("serf");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_shoal"), &link).unwrap();
+    link
+}
+
+/// Runs `program args…`; returns its exit code, stdout and stderr.
+fn run(program: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(program).args(args).output().expect("runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn serf_command_lines_and_config_files_run_unchanged_on_shoal() {
+    if !require("serf") {
+        return;
+    }
+    let fake = serf_symlink("serf-multicall");
+    let real = Path::new("serf");
+    let dir = fake.parent().unwrap().to_path_buf();
+    let real_serf = Serf::start("real-serf", &["-tag", "role=balancer"]);
+    let (bind, rpc) = (addr(free_port()), addr(free_port()));
+
+    // An agent started the way a Serf image starts it: Go flags, a JSON config file and a
+    // config folder (merged in name order), `-join` to a real Serf agent.
+    std::fs::write(
+        dir.join("agent.json"),
+        format!(r#"{{"node_name":"as-serf","bind":"{bind}","rpc_addr":"{rpc}","tags":{{"role":"web","zone":"a"}}}}"#),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    std::fs::write(dir.join("conf.d/10-zone.json"), r#"{"tags":{"zone":"b"},"replay_on_join":true}"#)
+        .unwrap();
+    let child = Command::new(&fake)
+        .args(["agent", "-config-file", dir.join("agent.json").to_str().unwrap()])
+        .arg(format!("--config-dir={}", dir.join("conf.d").display()))
+        .args(["-tag", "port=3000", &format!("-join={}", real_serf.bind)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Proc { child, name: "shoal as serf".into() };
+    wait_for(WAIT, || real_serf.status_of("as-serf").as_deref() == Some("alive"))
+        .expect("joined the real Serf agent");
+    let seen = real_serf.member("as-serf").unwrap();
+    assert_eq!(seen["tags"]["zone"], "b", "the config folder's file laid over the config file: {seen}");
+    assert_eq!(seen["tags"]["role"], "web");
+    assert_eq!(seen["tags"]["port"], "3000");
+    assert_eq!(seen["addr"], bind.to_string());
+
+    // The client commands: the same lines from the real CLI and from the symlink, either agent.
+    let rpc_flag = format!("-rpc-addr={rpc}");
+    for args in [
+        vec!["members", "-status=alive", "-role", "web"],
+        vec!["members", "--format", "json", "-name=as-serf"],
+    ] {
+        let mut with_rpc = vec![args[0], rpc_flag.as_str()];
+        with_rpc.extend(&args[1..]);
+        let (code, ours, err) = run(&fake, &with_rpc);
+        let (_, theirs, _) = run(real, &with_rpc);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(ours, theirs, "serf {args:?}");
+    }
+    let (code, out, err) = run(&fake, &["reachability", &format!("-rpc-addr={}", real_serf.rpc), "-verbose"]);
+    assert_eq!(code, 0, "ours against the real agent: {out}{err}");
+    assert!(
+        out.contains("Total members: 2, live members: 2")
+            && out.contains("Successfully contacted all live nodes"),
+        "{out}"
+    );
+    let (code, out, _) = run(real, &["reachability", &rpc_flag]);
+    assert_eq!(code, 0, "the real CLI against ours: {out}");
+    // Coordinates: ours reads the real agent's (Serf's Vivaldi distance, printed as Serf does).
+    let serf_rpc = format!("-rpc-addr={}", real_serf.rpc);
+    let (code, ours, err) = run(&fake, &["rtt", &serf_rpc, "real-serf"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ours, run(real, &["rtt", &serf_rpc, "real-serf"]).1);
+    // A node to itself: both heights (Serf's least is 10 µs each), so never 0.
+    let ms = ours
+        .trim()
+        .strip_prefix("Estimated real-serf <-> real-serf rtt: ")
+        .and_then(|x| x.strip_suffix(" ms"));
+    assert!(ms.and_then(|x| x.parse::<f64>().ok()).is_some_and(|x| x >= 0.02), "{ours}");
+
+    // version and keygen as Serf prints them.
+    let (code, out, _) = run(&fake, &["version"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("Serf v0.10.1 (Shoal ")
+            && out.contains("\nAgent Protocol: 5 (Understands back to: 2)\n"),
+        "{out}"
+    );
+    let (_, key, _) = run(&fake, &["keygen"]);
+    assert_eq!(key.trim().len(), 44, "32 bytes in base64: {key}");
+
+    // Bad input: Go's messages, Serf's exit codes, and the agent untouched.
+    let (code, _, err) = run(&fake, &["members", "-bogus", &rpc_flag]);
+    assert_eq!((code, err.lines().next()), (1, Some("flag provided but not defined: -bogus")));
+    let (code, _, err) = run(&fake, &["frobnicate"]);
+    assert_eq!(code, 127, "{err}");
+    std::fs::write(dir.join("bad.json"), r#"{"node_name":"x","start_joins":["typo"]}"#).unwrap();
+    let (code, _, err) = run(&fake, &["agent", "-config-file", dir.join("bad.json").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Error decoding") && err.contains("start_joins"), "{err}");
+    assert_eq!(real_serf.status_of("as-serf").as_deref(), Some("alive"));
+
+    // leave, through the symlink: the agent leaves and exits 0.
+    let (code, out, _) = run(&fake, &["leave", &rpc_flag]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(agent.wait_exit(Duration::from_secs(15)), Some(0));
+    wait_for(WAIT, || real_serf.status_of("as-serf").as_deref() == Some("left")).expect("left");
+}

@@ -5,6 +5,9 @@
 mod contenv;
 mod handlebars;
 mod s6;
+mod serf;
+
+pub use serf::{Serf, translate as serf};
 
 use std::ffi::OsString;
 use std::path::Path;
