@@ -30,11 +30,15 @@ cp "$BIN" "$root/usr/bin/shoal"
 for tool in serf handlebars with-contenv s6-svc s6-svscanctl s6-svstat; do
     ln -s shoal "$root/usr/bin/$tool"
 done
-# s6-overlay's places: /var/run is /run (as on Debian); `shoal init` makes /run/service/<name>
-# (each with its supervise/ folder), links /var/run/s6/services to it, and writes the
-# container's environment to /run/s6/container_environment.
-mkdir -p "$root/var"
+# s6-overlay's places, as links into /run/shoal (the one writable folder, a tmpfs when the root
+# is read-only), where `shoal init` makes them: /run/service/<name> (v3) and
+# /var/run/s6/services/<name> (v1, v2; /var/run is /run) with their supervise/ folders, and the
+# container environment for with-contenv.
+mkdir -p "$root/var" "$root/run/s6"
 ln -s ../run "$root/var/run"
+ln -s /run/shoal/service "$root/run/service"
+ln -s /run/shoal/service "$root/run/s6/services"
+ln -s /run/shoal/container_environment "$root/run/s6/container_environment"
 cp /bin/busybox "$root/bin/busybox"
 for applet in $(/bin/busybox --list); do
     [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
@@ -51,12 +55,11 @@ COPY rootfs/ /
 # everything else can be mounted read-only (`docker run --read-only --tmpfs /run/shoal:uid=65534,gid=65534`).
 COPY --chown=65534:65534 empty/ /var/lib/shoal/
 COPY --chown=65534:65534 empty/ /run/shoal/
-COPY --chown=65534:65534 empty/ /run/service/
-COPY --chown=65534:65534 empty/ /run/s6/
 # Not root: ports below 1024 are open to any user inside a container's own network namespace
 # (Docker sets net.ipv4.ip_unprivileged_port_start=0), so the balancer binds 80 as `nobody`.
 USER 65534:65534
-ENV PATH=/usr/bin:/bin ROLE=backend
+ENV PATH=/usr/bin:/bin ROLE=backend \
+    SHOAL_INIT_SCAN_DIRS=/run/shoal/service SHOAL_INIT_CONTENV_DIR=/run/shoal/container_environment
 EXPOSE 80 1936 3000 7946/tcp 7946/udp
 STOPSIGNAL SIGTERM
 # PID 1 is `shoal init` (sh only picks the role's services folder, then execs it).

@@ -23,6 +23,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> the shoal:dev image (for the Docker lab test)"
 docker/build-image.sh shoal:dev
 
+echo "==> the reference stack's images on Shoal (for the replay test)"
+docker/build-reference-images.sh
+
 echo "==> tests (unit, simulation, interop with real Serf, HAProxy, nginx, Docker)"
 cargo nextest run --workspace --no-fail-fast
 

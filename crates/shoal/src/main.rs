@@ -24,6 +24,14 @@ fn main() -> std::process::ExitCode {
             Ok(cli) => cli,
             Err(code) => return code,
         }
+    } else if program.is_some_and(|p| p == "init") {
+        // s6-overlay's `/init [CMD ARGS…]`: `shoal init`, CMD its main command.
+        let mut argv: Vec<std::ffi::OsString> = vec!["shoal".into(), "init".into()];
+        if args.len() > 1 {
+            argv.push("--".into());
+            argv.extend(args[1..].iter().cloned());
+        }
+        cli::Cli::parse_from(argv)
     } else if let Some(tool) = args.first().and_then(multicall::Tool::from_program) {
         return tool.run(&args[1..]);
     } else {
