@@ -160,6 +160,8 @@ pub struct AgentConfig {
     pub snapshot: Option<PathBuf>,
     /// Rejoin from the snapshot even after a graceful leave (Serf's `-rejoin`).
     pub rejoin: bool,
+    /// Compute no network coordinates (Serf's `disable_coordinates`).
+    pub disable_coordinates: bool,
 }
 
 impl Default for AgentConfig {
@@ -182,6 +184,7 @@ impl Default for AgentConfig {
             coalescing: crate::events::Coalescing::default(),
             snapshot: None,
             rejoin: false,
+            disable_coordinates: false,
         }
     }
 }

@@ -140,6 +140,7 @@ enum Command {
     ForceLeave { node: String, prune: bool },
     Stats { reply: Reply<AgentStats> },
     Keyring { reply: Reply<Vec<Vec<u8>>> },
+    Coordinate { node: String, reply: Reply<Option<shoal_gossip::Coordinate>> },
 }
 
 enum StreamMsg {
@@ -233,6 +234,12 @@ impl AgentHandle {
     /// This agent's own keyring, primary key first.
     pub async fn local_keys(&self) -> Result<Vec<Vec<u8>>, AgentError> {
         self.call(|reply| Command::Keyring { reply }).await
+    }
+
+    /// A member's network coordinate (ours for our own name), if known.
+    pub async fn coordinate(&self, node: &str) -> Result<Option<shoal_gossip::Coordinate>, AgentError> {
+        let node = node.to_string();
+        self.call(|reply| Command::Coordinate { node, reply }).await
     }
 
     /// Fires a user event.
@@ -342,6 +349,7 @@ impl Agent {
         gc.tags = cfg.tags.clone();
         gc.keys = keys;
         gc.label = cfg.label.clone();
+        gc.coordinates = !cfg.disable_coordinates;
         let tcp_timeout = gc.timing.tcp_timeout;
         let max_stream = gc.max_stream_bytes;
         let seed = rand::rngs::StdRng::from_os_rng().next_u64();
@@ -569,6 +577,9 @@ impl Driver {
                 tags.retain(|k, _| !delete.contains(k));
                 tags.extend(set);
                 let _ = reply.send(self.gossip.set_tags(now, tags));
+            }
+            Command::Coordinate { node, reply } => {
+                let _ = reply.send(self.gossip.coordinate(&node).cloned());
             }
             Command::Keyring { reply } => {
                 let _ = reply.send(self.gossip.keyring().keys().map(<[u8]>::to_vec).collect());

@@ -235,6 +235,9 @@ pub struct Config {
     /// Most members (of any status) the view holds: past it, new names are refused
     /// (`dropped{reason=throttled}`), so that a peer inventing members cannot grow it forever.
     pub max_members: usize,
+    /// Compute Serf's network coordinates (and send ours in acks); off is Serf's
+    /// `disable_coordinates`.
+    pub coordinates: bool,
 }
 
 impl Config {
@@ -257,6 +260,7 @@ impl Config {
             query_buffer: 512,
             max_stream_bytes: 20 * 1024 * 1024,
             max_members: 16_384,
+            coordinates: true,
         }
     }
 }

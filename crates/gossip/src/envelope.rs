@@ -60,11 +60,15 @@ pub enum DropReason {
     /// More costly work (new query filters) than the core's budget allows right now.
     #[error("throttled")]
     Throttled,
+    /// A network coordinate in an ack that is not Serf's version, dimensionality or range
+    /// (the ack itself still counts).
+    #[error("coordinate refused")]
+    Coordinate,
 }
 
 impl DropReason {
     /// Every reason, for metrics.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Truncated,
         DropReason::Label,
         DropReason::Decrypt,
@@ -78,6 +82,7 @@ impl DropReason {
         DropReason::Refused,
         DropReason::Forged,
         DropReason::Throttled,
+        DropReason::Coordinate,
     ];
 
     /// A short snake_case name for logs and metrics labels.
@@ -96,6 +101,7 @@ impl DropReason {
             DropReason::Refused => "refused",
             DropReason::Forged => "forged",
             DropReason::Throttled => "throttled",
+            DropReason::Coordinate => "coordinate",
         }
     }
 }

@@ -230,6 +230,8 @@ pub struct Gossip {
     pub(crate) filter_cache: BTreeMap<String, Option<Arc<regex::bytes::Regex>>>,
     /// Tag filters that may still be compiled, and when that was last counted.
     pub(crate) filter_budget: (f64, Instant),
+    /// Network coordinates (none when turned off).
+    pub(crate) vivaldi: Option<crate::coordinate::Vivaldi>,
 }
 
 impl std::fmt::Debug for Gossip {
@@ -307,6 +309,7 @@ impl Gossip {
             refused: std::collections::BTreeSet::new(),
             filter_cache: BTreeMap::new(),
             filter_budget: (64.0, now),
+            vivaldi: cfg.coordinates.then(crate::coordinate::Vivaldi::default),
             cfg,
         };
         g.clock.increment();
@@ -378,7 +381,7 @@ impl Gossip {
         match ty {
             kind::PING => self.handle_ping(now, from, mp::decode(body)?),
             kind::INDIRECT_PING => self.handle_indirect_ping(now, from, mp::decode(body)?),
-            kind::ACK => self.handle_ack(now, mp::decode(body)?),
+            kind::ACK => self.handle_ack(now, from, mp::decode(body)?),
             kind::NACK => self.handle_nack(mp::decode(body)?),
             kind::SUSPECT => {
                 let s: msg::Suspect = mp::decode(body)?;
@@ -769,6 +772,13 @@ impl Gossip {
     /// One member by name.
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.get(name).map(|m| &m.member)
+    }
+
+    /// A member's network coordinate: ours, or the one its last direct ack carried (Serf's
+    /// `GetCoordinate`). `None` when unknown or when coordinates are off.
+    pub fn coordinate(&self, name: &str) -> Option<&crate::Coordinate> {
+        let v = self.vivaldi.as_ref()?;
+        if name == &*self.name { Some(v.coordinate()) } else { v.of(name) }
     }
 
     /// Members currently alive (ourselves included).

@@ -34,6 +34,7 @@
 
 pub mod broadcast;
 pub mod config;
+mod coordinate;
 pub mod envelope;
 pub mod escape;
 pub mod event;
@@ -49,6 +50,7 @@ mod swim;
 mod timers;
 
 pub use config::{Config, Profile, SerfTiming, Timing};
+pub use coordinate::{Coordinate, DIMENSIONALITY};
 pub use envelope::{DropReason, Frame, StreamFramer, stream_frame_len};
 pub use event::{
     Event, IncomingQuery, JoinId, Member, MemberEventKind, MemberStatus, QueryId, QueryReplyTo, Tags,

@@ -320,6 +320,9 @@ impl Gossip {
     }
 
     fn erase_member(&mut self, node: &str) {
+        if let Some(v) = self.vivaldi.as_mut() {
+            v.forget(node);
+        }
         if let Some(m) = self.members.remove(node) {
             self.emit_member(MemberEventKind::Reap, m.member);
         }

@@ -158,6 +158,9 @@ pub(crate) struct Probe {
     pub fallback_pending: bool,
     pub fallback_contacted: bool,
     pub deadline_passed: bool,
+    /// The probe timeout passed: later acks may come through relays, so their round trip
+    /// says nothing of the direct path (no coordinate update, as in memberlist).
+    pub indirect: bool,
     pub timers: Vec<TimerId>,
 }
 
@@ -287,7 +290,8 @@ impl Gossip {
         if !p.node.is_empty() && *p.node != *self.name {
             return Err(DropReason::WrongNode);
         }
-        let ack = mp::encode_with_type(kind::ACK, &msg::Ack { seq_no: p.seq_no, payload: vec![] });
+        let payload = self.vivaldi.as_ref().map(|v| v.coordinate().ack_payload()).unwrap_or_default();
+        let ack = mp::encode_with_type(kind::ACK, &msg::Ack { seq_no: p.seq_no, payload });
         let to = reply_addr(&p.source_addr, p.source_port).unwrap_or(from);
         let node = (!p.source_node.is_empty()).then_some(p.source_node.as_str());
         self.send_msg(to, node, ack);
@@ -344,7 +348,12 @@ impl Gossip {
         self.send_msg(origin, node.as_deref(), nack);
     }
 
-    pub(crate) fn handle_ack(&mut self, now: Instant, ack: msg::Ack) -> Result<(), DropReason> {
+    pub(crate) fn handle_ack(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        ack: msg::Ack,
+    ) -> Result<(), DropReason> {
         if let Some(relay) = self.relays.remove(&ack.seq_no) {
             let fwd =
                 mp::encode_with_type(kind::ACK, &msg::Ack { seq_no: relay.origin_seq, payload: vec![] });
@@ -352,10 +361,29 @@ impl Gossip {
             self.send_msg(relay.origin, node, fwd);
             return Ok(());
         }
-        if self.probe.as_ref().is_some_and(|p| p.seq == ack.seq_no && !p.deadline_passed) {
-            self.finish_probe(now, true);
+        let Some(p) = self.probe.as_ref().filter(|p| p.seq == ack.seq_no && !p.deadline_passed) else {
+            return Ok(());
+        };
+        if !p.indirect && !ack.payload.is_empty() {
+            let (target, rtt) = (p.target.clone(), now.saturating_duration_since(p.sent));
+            self.observe_coordinate(from, &target, &ack.payload, rtt);
         }
+        self.finish_probe(now, true);
         Ok(())
+    }
+
+    /// A direct ack's coordinate and round trip: Serf's Vivaldi update. A payload that is not a
+    /// valid coordinate is counted (`dropped{reason=coordinate}`) and ignored; the ack counts.
+    fn observe_coordinate(&mut self, from: SocketAddr, target: &Arc<str>, payload: &[u8], rtt: Duration) {
+        let Some(vivaldi) = self.vivaldi.as_mut() else { return };
+        match crate::coordinate::Coordinate::from_ack_payload(payload) {
+            Ok(c) => {
+                if let Err(why) = vivaldi.observe(&mut self.rng, target, c, rtt) {
+                    tracing::debug!(node = %target, ?why, ?rtt, "coordinate update rejected");
+                }
+            }
+            Err(reason) => self.drop_input(reason, from),
+        }
     }
 
     pub(crate) fn handle_nack(&mut self, nack: msg::Nack) -> Result<(), DropReason> {
@@ -475,6 +503,7 @@ impl Gossip {
             fallback_pending: false,
             fallback_contacted: false,
             deadline_passed: false,
+            indirect: false,
             timers: vec![t1, t2],
         });
     }
@@ -489,6 +518,9 @@ impl Gossip {
             return;
         };
         tracing::debug!(node = %target.name, "no direct ack; probing indirectly");
+        if let Some(p) = self.probe.as_mut() {
+            p.indirect = true;
+        }
         let me = self.name.clone();
         let peers = self.k_random_nodes(self.cfg.timing.indirect_checks, |n| {
             n.name != me && n.name != target.name && n.state == State::Alive

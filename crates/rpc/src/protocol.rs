@@ -311,43 +311,8 @@ wire_struct! {
     }
 }
 
-/// A Vivaldi network coordinate (Shoal computes none; see `get-coordinate`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Coordinate {
-    /// Go field `Vec`.
-    pub vec: Vec<f64>,
-    /// Go field `Error`.
-    pub error: f64,
-    /// Go field `Adjustment`.
-    pub adjustment: f64,
-    /// Go field `Height`.
-    pub height: f64,
-}
-
-impl Wire for Coordinate {
-    fn put(&self, buf: &mut Vec<u8>) {
-        mp::put_map_len(buf, 4);
-        for (k, v) in [("Error", self.error), ("Adjustment", self.adjustment), ("Height", self.height)] {
-            mp::put_str(buf, k);
-            v.put(buf);
-        }
-        mp::put_str(buf, "Vec");
-        self.vec.put(buf);
-    }
-    fn take(r: &mut mp::Reader<'_>) -> Result<Self, mp::DecodeError> {
-        let mut c = Coordinate::default();
-        for _ in 0..r.read_map_len()? {
-            match r.read_raw()? {
-                b"Vec" => c.vec = Wire::take(r)?,
-                b"Error" => c.error = Wire::take(r)?,
-                b"Adjustment" => c.adjustment = Wire::take(r)?,
-                b"Height" => c.height = Wire::take(r)?,
-                _ => r.skip()?,
-            }
-        }
-        Ok(c)
-    }
-}
+/// A Vivaldi network coordinate, as the gossip core keeps it.
+pub use shoal_gossip::Coordinate;
 
 /// Answer to `get-coordinate`.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -281,10 +281,10 @@ impl Connection {
                 let stats = self.stats().await;
                 self.reply(seq, "", Some(&stats));
             }
-            Request::GetCoordinate(_) => {
-                // Shoal computes no network coordinates: answer like a Serf agent running
-                // with coordinates disabled.
-                self.reply(seq, "", Some(&CoordinateResponse::default()));
+            Request::GetCoordinate(req) => {
+                let coord = self.agent.coordinate(&req.node).await.ok().flatten();
+                let resp = CoordinateResponse { ok: coord.is_some(), coord: coord.unwrap_or_default() };
+                self.reply(seq, "", Some(&resp));
             }
             Request::Unknown(_) => {
                 tracing::warn!(command, "unsupported RPC command; closing");

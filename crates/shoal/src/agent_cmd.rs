@@ -53,6 +53,7 @@ pub fn config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
         },
         snapshot: args.snapshot.clone(),
         rejoin: args.rejoin,
+        disable_coordinates: args.disable_coordinates,
     })
 }
 

@@ -369,6 +369,10 @@ pub struct AgentArgs {
     /// Rejoin from the snapshot even after a graceful leave.
     #[arg(long, env = "SHOAL_REJOIN")]
     pub rejoin: bool,
+    /// Compute no Vivaldi network coordinates and send none in acks (Serf's
+    /// `disable_coordinates`); `rtt` and the `nearest` algorithm then know no distances.
+    #[arg(long, env = "SHOAL_DISABLE_COORDINATES")]
+    pub disable_coordinates: bool,
     /// Longest time a graceful leave may take on SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "SHOAL_LEAVE_TIMEOUT", default_value_t = 15)]
     pub leave_timeout: u64,

@@ -376,19 +376,9 @@ pub async fn rtt(a: RttArgs) -> anyhow::Result<()> {
         }
         coords.push(r.coord);
     }
-    let ms = distance(&coords[0], &coords[1]).as_secs_f64() * 1000.0;
+    let ms = coords[0].distance_to(&coords[1]).as_secs_f64() * 1000.0;
     println!("Estimated {} <-> {} rtt: {ms:.3} ms", text(&nodes[0]), text(&nodes[1]));
     Ok(())
-}
-
-/// Serf's `Coordinate.DistanceTo`: Euclidean distance plus both heights, plus both adjustments
-/// when that stays positive; in whole nanoseconds as Go's `time.Duration`.
-fn distance(a: &shoal_rpc::protocol::Coordinate, b: &shoal_rpc::protocol::Coordinate) -> std::time::Duration {
-    let euclid = a.vec.iter().zip(&b.vec).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let raw = euclid + a.height + b.height;
-    let adjusted = raw + a.adjustment + b.adjustment;
-    let secs = if adjusted > 0.0 { adjusted } else { raw };
-    std::time::Duration::from_nanos((secs * 1e9).max(0.0) as u64)
 }
 
 /// `shoal keygen`: a fresh 32-byte key from the kernel's random source, in base64.

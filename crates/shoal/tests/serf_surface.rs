@@ -555,6 +555,22 @@ fn serf_command_lines_and_config_files_run_unchanged_on_shoal() {
         .and_then(|x| x.strip_suffix(" ms"));
     assert!(ms.and_then(|x| x.parse::<f64>().ok()).is_some_and(|x| x >= 0.02), "{ours}");
 
+    // Coordinates both ways: Serf learns ours from our acks, we learn Serf's from its acks, so
+    // each side's `rtt` estimates the other (a loopback round trip: well under 5 ms).
+    let estimate = |out: &str, pair: &str| -> Option<f64> {
+        out.trim().strip_prefix(&format!("Estimated {pair} rtt: "))?.strip_suffix(" ms")?.parse().ok()
+    };
+    let serf_view = || run(real, &["rtt", &serf_rpc, "as-serf"]).1;
+    let ok = wait_for(WAIT, || estimate(&serf_view(), "as-serf <-> real-serf").is_some());
+    assert!(ok.is_some(), "serf rtt about a Shoal member: {}", serf_view());
+    let ours_view = || run(&fake, &["rtt", &rpc_flag, "real-serf"]).1;
+    let ok = wait_for(WAIT, || estimate(&ours_view(), "real-serf <-> as-serf").is_some());
+    assert!(ok.is_some(), "shoal's rtt about a Serf member: {}", ours_view());
+    for (out, pair) in [(serf_view(), "as-serf <-> real-serf"), (ours_view(), "real-serf <-> as-serf")] {
+        let ms = estimate(&out, pair).unwrap();
+        assert!(ms > 0.0 && ms < 5.0, "{out}");
+    }
+
     // version and keygen as Serf prints them.
     let (code, out, _) = run(&fake, &["version"]);
     assert_eq!(code, 0);

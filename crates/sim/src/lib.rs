@@ -54,6 +54,9 @@ pub struct SimNode {
     pub stream_bytes: u64,
     /// TCP push/pull exchanges this host started.
     pub push_pulls_started: u64,
+    /// Where the host sits on a map whose unit is a millisecond of round trip: datagrams
+    /// between two placed hosts take half their distance on top of [`Sim::latency`].
+    pub place: Option<[f64; 2]>,
     wake: Option<Instant>,
     config: Config,
 }
@@ -150,6 +153,7 @@ impl Sim {
             bytes_sent: 0,
             stream_bytes: 0,
             push_pulls_started: 0,
+            place: None,
             wake: None,
             config: cfg,
         });
@@ -247,13 +251,24 @@ impl Sim {
         self.nodes[a].group == self.nodes[b].group
     }
 
-    fn delay(&mut self) -> Duration {
+    /// One-way delay of a datagram from `a` to `b`: the base latency, jitter, and half the
+    /// distance between their places.
+    fn delay(&mut self, a: usize, b: usize) -> Duration {
         let j = if self.jitter.is_zero() {
             Duration::ZERO
         } else {
             self.jitter.mul_f64(self.rng.random::<f64>())
         };
-        self.latency + j
+        let far = match (self.nodes[a].place, self.nodes[b].place) {
+            (Some(p), Some(q)) => Duration::from_secs_f64(((p[0] - q[0]).hypot(p[1] - q[1])) / 2000.0),
+            _ => Duration::ZERO,
+        };
+        self.latency + j + far
+    }
+
+    /// Puts host `i` at `at` on the latency map (see [`SimNode::place`]).
+    pub fn place(&mut self, i: usize, at: [f64; 2]) {
+        self.nodes[i].place = Some(at);
     }
 
     fn schedule(&mut self, at: Instant, d: Delivery) {
@@ -279,7 +294,7 @@ impl Sim {
                     if !self.reachable(i, dest) || self.rng.random::<f64>() < self.loss {
                         continue;
                     }
-                    let at = self.now + self.delay();
+                    let at = self.now + self.delay(i, dest);
                     let from = self.nodes[i].addr;
                     self.schedule(at, Delivery::Packet { to: dest, from, data });
                 }
@@ -289,7 +304,7 @@ impl Sim {
                     if req.kind == shoal_gossip::StreamKind::PushPull {
                         self.nodes[i].push_pulls_started += 1;
                     }
-                    let at = self.now + self.delay();
+                    let at = self.now + self.delay(i, i);
                     self.schedule(at, Delivery::StreamRequest { from: i, req });
                 }
                 Output::Event(e) => {
@@ -361,7 +376,7 @@ impl Sim {
                         return;
                     }
                 };
-                let at = now + self.delay();
+                let at = now + self.delay(from, from);
                 self.schedule(at, Delivery::StreamReply { to: from, id: req.id, result });
             }
             Delivery::StreamReply { to, id, result } => {

@@ -306,3 +306,40 @@ fn a_member_whose_address_changes_is_found_at_the_new_one() {
     eprintln!("address change picked up by all in {t:?}");
     assert!(t <= 30 * S, "took {t:?}");
 }
+
+/// Serf's Vivaldi coordinates, from the round trips of direct probes: five members on a map
+/// (a cluster of three close together, two far away) estimate every pair's round trip.
+#[test]
+fn network_coordinates_estimate_the_round_trip_of_every_pair() {
+    let mut sim = Sim::new(11);
+    sim.jitter = Duration::from_micros(100);
+    let places = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [20.0, 0.0], [20.0, 15.0]];
+    let names: Vec<String> = (0..places.len()).map(|i| format!("n{i}")).collect();
+    for (i, at) in places.iter().enumerate() {
+        sim.add_node(&names[i]);
+        sim.place(i, *at);
+    }
+    for i in 1..places.len() {
+        sim.join(i, 0);
+    }
+    sim.run_for(Duration::from_secs(240));
+    let base_rtt_ms = 2.0 * sim.latency.as_secs_f64() * 1000.0 + 0.1;
+    for a in 0..places.len() {
+        for b in (a + 1)..places.len() {
+            let true_ms = base_rtt_ms + (places[a][0] - places[b][0]).hypot(places[a][1] - places[b][1]);
+            // What `serf rtt` does: both coordinates as member a knows them.
+            let g = sim.gossip(a);
+            let (ca, cb) = (g.coordinate(&names[a]).unwrap(), g.coordinate(&names[b]).unwrap());
+            let est_ms = ca.distance_to(cb).as_secs_f64() * 1000.0;
+            let off = (est_ms - true_ms).abs();
+            assert!(
+                off <= (0.25 * true_ms).max(1.0),
+                "{} <-> {}: estimated {est_ms:.2} ms, true {true_ms:.2} ms",
+                names[a],
+                names[b]
+            );
+        }
+    }
+    // A member never probed directly has no coordinate yet; an unknown name none at all.
+    assert!(sim.gossip(0).coordinate("nobody").is_none());
+}

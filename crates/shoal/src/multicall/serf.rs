@@ -542,6 +542,9 @@ fn agent(flags: &Flags) -> Result<Vec<String>, String> {
     if replay {
         out.push("--replay".to_owned());
     }
+    if file.disable_coordinates == Some(true) {
+        out.push("--disable-coordinates".to_owned());
+    }
     let rejoin = flags.last("rejoin").map(|v| v == "true").or(file.rejoin_after_leave).unwrap_or(false);
     if rejoin {
         out.push("--rejoin".to_owned());
