@@ -8,7 +8,7 @@
 //! (a `watch` channel) and broadcast to subscribers. A slow subscriber only
 //! lags; it never holds the loop up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +55,28 @@ pub struct Membership {
     pub local: Member,
     /// Every known member (this one included), sorted by name.
     pub members: Vec<Member>,
+}
+
+/// Estimated round trips from this agent to the members whose network coordinates it knows
+/// (its own coordinate's distance to theirs), refreshed every [`DISTANCE_REFRESH`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Distances {
+    /// By member name.
+    pub rtt: BTreeMap<Arc<str>, Duration>,
+}
+
+/// How often [`Distances`] are recomputed (coordinates move with each probe, about once a
+/// second per member).
+pub const DISTANCE_REFRESH: Duration = Duration::from_secs(2);
+
+fn distances(g: &Gossip) -> Distances {
+    let Some(me) = g.coordinate(g.name()) else { return Distances::default() };
+    let rtt = g
+        .members()
+        .filter(|m| &*m.name != g.name())
+        .filter_map(|m| Some((m.name.clone(), me.distance_to(g.coordinate(&m.name)?))))
+        .collect();
+    Distances { rtt }
 }
 
 impl Membership {
@@ -153,6 +175,7 @@ enum StreamMsg {
 pub struct AgentHandle {
     commands: mpsc::Sender<Command>,
     members: watch::Receiver<Arc<Membership>>,
+    distances: watch::Receiver<Arc<Distances>>,
     events: Arc<Fanout<Event>>,
     serf_events: Arc<Fanout<SerfEvent>>,
     shutdown: Arc<tokio::sync::Notify>,
@@ -180,6 +203,11 @@ impl AgentHandle {
     /// The latest membership snapshot, updated on every change.
     pub fn members(&self) -> watch::Receiver<Arc<Membership>> {
         self.members.clone()
+    }
+
+    /// Estimated round trips to the members, from the network coordinates.
+    pub fn distances(&self) -> watch::Receiver<Arc<Distances>> {
+        self.distances.clone()
     }
 
     /// Every core event from now on (membership, user events, queries…), uncoalesced.
@@ -357,6 +385,7 @@ impl Agent {
         gossip.restore_clocks(previous.clock, previous.event_clock, previous.query_clock);
 
         let (members_tx, members_rx) = watch::channel(Arc::new(membership(&gossip)));
+        let (distances_tx, distances_rx) = watch::channel(Arc::new(Distances::default()));
         let events_tx = Arc::new(Fanout::new(EVENT_RING));
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (stream_tx, stream_rx) = mpsc::channel(256);
@@ -365,6 +394,7 @@ impl Agent {
         let handle = AgentHandle {
             commands: cmd_tx,
             members: members_rx,
+            distances: distances_rx,
             events: events_tx.clone(),
             serf_events: serf_tx.clone(),
             shutdown: Arc::new(tokio::sync::Notify::new()),
@@ -405,6 +435,7 @@ impl Agent {
             udp: udp.clone(),
             stream_tx: stream_tx.clone(),
             members_tx,
+            distances_tx,
             events_tx,
             joins: HashMap::new(),
             queries: HashMap::new(),
@@ -494,6 +525,7 @@ struct Driver {
     udp: Arc<UdpSocket>,
     stream_tx: mpsc::Sender<StreamMsg>,
     members_tx: watch::Sender<Arc<Membership>>,
+    distances_tx: watch::Sender<Arc<Distances>>,
     events_tx: Arc<Fanout<Event>>,
     joins: HashMap<JoinId, Reply<Result<usize, AgentError>>>,
     queries: HashMap<QueryId, mpsc::Sender<QueryUpdate>>,
@@ -517,6 +549,7 @@ impl Driver {
         let mut buf = Vec::with_capacity(65_536);
         let mut snapshot_tick = tokio::time::interval(Duration::from_millis(500));
         let mut address_tick = tokio::time::interval(Duration::from_secs(2));
+        let mut distance_tick = tokio::time::interval(DISTANCE_REFRESH);
         loop {
             let deadline =
                 self.gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -542,6 +575,12 @@ impl Driver {
                     // A container reconnected to its network may come back with another IP.
                     if let (Some(port), Some(ip)) = (self.auto_advertise, crate::config::first_private_ipv4()) {
                         self.gossip.set_advertise(Instant::now(), SocketAddr::new(ip.into(), port));
+                    }
+                }
+                _ = distance_tick.tick() => {
+                    let d = distances(&self.gossip);
+                    if **self.distances_tx.borrow() != d {
+                        self.distances_tx.send_replace(Arc::new(d));
                     }
                 }
                 _ = snapshot_tick.tick(), if self.snapshot.is_some() => {

@@ -38,7 +38,8 @@ pub use config::{
     parse_tags, save_keys,
 };
 pub use driver::{
-    Agent, AgentError, AgentHandle, AgentStats, Membership, QueryUpdate, read_frame, resolve, tags_line,
+    Agent, AgentError, AgentHandle, AgentStats, DISTANCE_REFRESH, Distances, Membership, QueryUpdate,
+    read_frame, resolve, tags_line,
 };
 pub use events::{Coalescing, EventFilter, SerfEvent};
 pub use fanout::Fanout;

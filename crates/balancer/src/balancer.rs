@@ -172,6 +172,26 @@ impl Balancer {
         Ok(b)
     }
 
+    /// Follows the agent's round-trip estimates (Serf's network coordinates): each server's
+    /// [`Server::estimated_rtt`], which the `nearest` algorithm, the stats page and the metrics
+    /// read. Runs until the agent stops publishing them.
+    pub fn follow_distances(&self, mut distances: watch::Receiver<Arc<shoal_agent::Distances>>) {
+        let state = self.inner.state.clone();
+        tokio::spawn(async move {
+            loop {
+                let d = distances.borrow_and_update().clone();
+                for pool in state.pools.load().values() {
+                    for server in pool.servers() {
+                        server.set_estimated_rtt(d.rtt.get(&server.name).copied());
+                    }
+                }
+                if distances.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Replaces the configuration. A bad one is refused before anything changes;
     /// open connections are kept and see the new routes on their next request.
     pub async fn reload(&self, cfg: BalancerConfig) -> Result<(), BalancerError> {
@@ -496,6 +516,10 @@ impl Balancer {
                     for change in pool.sync(&snapshot, now) {
                         self.on_change(pool, change);
                     }
+                }
+                // Servers the runtime API added, moved or deleted.
+                for change in pool.take_pending() {
+                    self.on_change(pool, change);
                 }
             }
             synced = Some((snapshot, pools));

@@ -53,6 +53,9 @@ pub enum Algorithm {
     Cookie(String),
     /// Consistent hash of the path and query.
     Uri,
+    /// Lowest estimated round trip (Serf's network coordinates), spilling over to the next
+    /// nearest while the nearest is much busier than the least busy server.
+    Nearest,
 }
 
 impl Algorithm {
@@ -69,6 +72,7 @@ impl Algorithm {
             Algorithm::Random2 => "random".into(),
             Algorithm::Source => "source".into(),
             Algorithm::Uri => "uri".into(),
+            Algorithm::Nearest => "nearest".into(),
             Algorithm::Header(h) => format!("header:{h}"),
             Algorithm::Cookie(c) => format!("cookie:{c}"),
         }
@@ -84,12 +88,13 @@ impl std::str::FromStr for Algorithm {
             "random" | "random2" => Algorithm::Random2,
             "source" => Algorithm::Source,
             "uri" => Algorithm::Uri,
+            "nearest" => Algorithm::Nearest,
             _ => match s.split_once(':') {
                 Some(("header", h)) if !h.is_empty() => Algorithm::Header(h.to_ascii_lowercase()),
                 Some(("cookie", c)) if !c.is_empty() => Algorithm::Cookie(c.to_string()),
                 _ => {
                     return Err(format!(
-                        "unknown algorithm {s:?}: expected roundrobin, leastconn, random, source, uri, header:NAME or cookie:NAME"
+                        "unknown algorithm {s:?}: expected roundrobin, leastconn, random, source, uri, nearest, header:NAME or cookie:NAME"
                     ));
                 }
             },

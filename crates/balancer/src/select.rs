@@ -71,6 +71,10 @@ enum Rotation {
     Spread { ends: Vec<u64>, step: u64 },
 }
 
+/// `nearest` spills over to the next nearest server while the nearest has this many more
+/// requests in flight than the least busy eligible one.
+pub const SPILL_MARGIN: u32 = 8;
+
 /// Periods up to this long are unrolled into a table.
 const ROTATION_TABLE_MAX: u64 = 4096;
 
@@ -305,6 +309,21 @@ impl View {
                     }
                 }
             }
+            Algorithm::Nearest => {
+                // Nearest first (unknown distances last, ties rotated), but not one that has
+                // SPILL_MARGIN more requests in flight than the least busy eligible server.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let mut eligible: Vec<usize> =
+                    (0..n).map(|k| (start + k) % n).filter(|&i| self.weights[i] > 0 && ok(&self.servers[i])).collect();
+                let busy = |i: usize| self.servers[i].active.load(Ordering::Relaxed);
+                let least = eligible.iter().map(|&i| busy(i)).min()?;
+                let rtt = |i: usize| match self.servers[i].rtt_us.load(Ordering::Relaxed) {
+                    0 => u32::MAX,
+                    us => us,
+                };
+                eligible.sort_by_key(|&i| rtt(i));
+                eligible.iter().find(|&&i| busy(i) < least + SPILL_MARGIN).map(|&i| self.servers[i].clone())
+            }
             Algorithm::Source | Algorithm::Header(_) | Algorithm::Cookie(_) | Algorithm::Uri => {
                 let Some(key) = key else {
                     return self.pick(&Algorithm::RoundRobin, None, exclude, now);
@@ -512,6 +531,35 @@ mod tests {
             }
         }
         assert!((250..550).contains(&moved), "about a fifth of the keys were on c: {moved}");
+    }
+
+    #[test]
+    fn nearest_goes_to_the_lowest_estimated_rtt_and_spills_over_under_load() {
+        use std::time::Duration;
+        let now = Instant::now();
+        let v = build(vec![server("far", 1), server("near", 1), server("unknown", 1), server("mid", 1)], now);
+        let by = |name: &str| v.servers.iter().find(|s| &*s.name == name).unwrap().clone();
+        by("far").set_estimated_rtt(Some(Duration::from_millis(20)));
+        by("near").set_estimated_rtt(Some(Duration::from_micros(300)));
+        by("mid").set_estimated_rtt(Some(Duration::from_millis(2)));
+        let pick = || v.pick(&Algorithm::Nearest, None, &[], now).unwrap().name.to_string();
+        for _ in 0..10 {
+            assert_eq!(pick(), "near");
+        }
+        // Busier than the least busy by the margin: the next nearest takes the overflow.
+        by("near").active.store(SPILL_MARGIN, Ordering::Relaxed);
+        assert_eq!(pick(), "mid");
+        by("mid").active.store(SPILL_MARGIN, Ordering::Relaxed);
+        assert_eq!(pick(), "far");
+        // Excluded (a retry) or ejected: the next one.
+        by("near").active.store(0, Ordering::Relaxed);
+        assert_eq!(&*v.pick(&Algorithm::Nearest, None, &[by("near")], now).unwrap().name, "far");
+        // No estimate at all: every server unknown ties, and the rotation spreads them.
+        let w = build(vec![server("x", 1), server("y", 1)], now);
+        let names: std::collections::BTreeSet<String> =
+            (0..4).map(|_| w.pick(&Algorithm::Nearest, None, &[], now).unwrap().name.to_string()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!("nearest".parse::<Algorithm>().unwrap(), Algorithm::Nearest);
     }
 
     #[test]

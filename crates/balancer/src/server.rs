@@ -96,6 +96,9 @@ pub struct Server {
     /// Weight from the `weight` tag (1 when absent, at most the pool's `max_weight`), or the
     /// operator's.
     pub weight: AtomicU32,
+    /// The weight before any operator's: the member's `weight` tag, or what `add server` gave
+    /// (HAProxy's initial weight, the base of relative weights).
+    pub initial_weight: AtomicU32,
     /// The weight is an operator's (`set server weight`): not capped by `max_share`.
     pub(crate) operator_weight: AtomicBool,
     /// The number behind the server's sticky cookie value ([`Server::cookie`]), also the seed
@@ -109,6 +112,9 @@ pub struct Server {
     admin: AtomicU8,
     /// Requests in flight.
     pub active: AtomicU32,
+    /// Estimated round trip from this balancer, in microseconds (0: unknown), from the
+    /// network coordinates.
+    pub(crate) rtt_us: AtomicU32,
     /// Requests in flight on its pool's servers (shared by them).
     pub(crate) pool_active: Arc<AtomicU32>,
     /// Counters.
@@ -168,6 +174,7 @@ impl Server {
             tags: ArcSwap::from_pointee(Tags::new()),
             addr,
             weight: AtomicU32::new(weight),
+            initial_weight: AtomicU32::new(weight),
             operator_weight: AtomicBool::new(false),
             cookie_value,
             set_cookie,
@@ -175,6 +182,7 @@ impl Server {
             health: AtomicU8::new(if checked { Health::Unknown } else { Health::Up } as u8),
             admin: AtomicU8::new(Admin::Ready as u8),
             active: AtomicU32::new(0),
+            rtt_us: AtomicU32::new(0),
             pool_active: Arc::default(),
             stats: ServerStats::default(),
             conns: ConnPool::default(),
@@ -192,6 +200,20 @@ impl Server {
             downtime_ms: AtomicU64::new(0),
             epoch,
         }
+    }
+
+    /// The estimated round trip from this balancer (network coordinates), if known.
+    pub fn estimated_rtt(&self) -> Option<std::time::Duration> {
+        match self.rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(u64::from(us))),
+        }
+    }
+
+    /// Records the estimated round trip (`None`: unknown).
+    pub fn set_estimated_rtt(&self, rtt: Option<std::time::Duration>) {
+        let us = rtt.map_or(0, |d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1));
+        self.rtt_us.store(us, Ordering::Relaxed);
     }
 
     /// The sticky cookie value that stands for this server ([`crate::sticky::token`]).

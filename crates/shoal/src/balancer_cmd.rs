@@ -69,6 +69,7 @@ pub async fn run(args: BalancerArgs, log_tap: LogTap, log_json: bool) -> anyhow:
     let balancer =
         Balancer::start(bal_cfg, agent.handle().members()).await.context("cannot start the balancer")?;
     balancer.attach_agent(agent.handle());
+    balancer.follow_distances(agent.handle().distances());
     crate::render_cmd::spawn_with_agent(render, &agent.handle());
 
     let mut term = signal(SignalKind::terminate())?;

@@ -562,7 +562,8 @@ pub struct BalancerArgs {
     /// Port of the service on each backend (a member's `port` tag overrides it).
     #[arg(long, env = "SHOAL_BACKEND_PORT", default_value_t = 3000)]
     pub backend_port: u16,
-    /// How to pick a backend: roundrobin, leastconn, random, source, uri, header:NAME, cookie:NAME.
+    /// How to pick a backend: roundrobin, leastconn, random, source, uri, nearest (lowest
+    /// estimated round trip from the network coordinates), header:NAME, cookie:NAME.
     #[arg(long, env = "SHOAL_ALGORITHM", default_value = "roundrobin")]
     pub algorithm: String,
     /// Sticky sessions: the cookie the balancer sets (e.g. SERVERID).

@@ -61,6 +61,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start the balancer on {}", args.listen))?;
     balancer.attach_agent(lb_agent.handle());
+    balancer.follow_distances(lb_agent.handle().distances());
     println!("balancer 'ha': gossip on {seed}");
     let mut backends = Vec::new();
     for i in 1..=args.backends {
