@@ -30,6 +30,7 @@ cp "$BIN" "$root/usr/bin/shoal"
 for tool in serf handlebars with-contenv s6-svc s6-svscanctl s6-svstat; do
     ln -s shoal "$root/usr/bin/$tool"
 done
+ln -s usr/bin/shoal "$root/init"   # s6-overlay's entry point: `/init [CMD]` is `shoal init [-- CMD]`
 # s6-overlay's places, as links into /run/shoal (the one writable folder, a tmpfs when the root
 # is read-only), where `shoal init` makes them: /run/service/<name> (v3) and
 # /var/run/s6/services/<name> (v1, v2; /var/run is /run) with their supervise/ folders, and the
