@@ -430,3 +430,28 @@ fn s6_tools_drive_the_services_and_debians_s6_reads_and_drives_them_too() {
     let (code, _, _) = tool("s6-svstat", &[app_s], &[]);
     assert_eq!(code, 1, "once init is gone, no supervisor holds the lock");
 }
+
+#[test]
+fn invoked_as_init_it_is_shoal_init_and_runs_its_arguments_as_the_main_command() {
+    let l = Layout::new("as-init");
+    let link = l.root.join("init");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_shoal"), &link).unwrap();
+    l.script("services.d/svc/run", "echo svc start >> $EVENTS; exec sleep 1000");
+    // s6-overlay's `/init CMD ARGS`: CMD is the main command; its exit code is the container's.
+    let out = Command::new(&link)
+        .args([
+            "sh",
+            "-c",
+            "while ! grep -q 'svc start' \"$EVENTS\" 2>/dev/null; do sleep 0.05; done; exit 7",
+        ])
+        .env("EVENTS", l.events())
+        .env("SHOAL_INIT_SERVICES_DIR", l.root.join("services.d"))
+        .env("SHOAL_INIT_CONT_INIT_DIR", l.root.join("cont-init.d"))
+        .env("SHOAL_INIT_CONT_FINISH_DIR", l.root.join("cont-finish.d"))
+        .env("SHOAL_INIT_SCAN_DIRS", l.scan())
+        .env("SHOAL_INIT_CONTENV_DIR", l.root.join("contenv"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines_with(&l.log(), "svc start"), 1, "the services ran beside the main command");
+}
