@@ -77,7 +77,8 @@ impl ConnPool {
         }
     }
 
-    fn len(&self) -> usize {
+    /// How many idle connections it keeps now.
+    pub(crate) fn len(&self) -> usize {
         self.0.lock().map(|v| v.len()).unwrap_or(0)
     }
 

@@ -32,6 +32,12 @@ impl Histogram {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
+    /// Forgets every observation (`clear counters all`).
+    pub fn clear(&self) {
+        zero(&self.buckets);
+        self.sum_us.store(0, Ordering::Relaxed);
+    }
+
     /// Mean, in milliseconds (0 without observations).
     pub fn mean_ms(&self) -> u64 {
         let n = self.count();
@@ -78,6 +84,21 @@ impl Rate {
     pub fn max(&self) -> u32 {
         self.max.load(Ordering::Relaxed)
     }
+
+    /// Forgets the highest rate seen (`clear counters`), or everything (`all`).
+    pub fn clear(&self, all: bool) {
+        self.max.store(0, Ordering::Relaxed);
+        if all {
+            self.current.store(0, Ordering::Relaxed);
+            self.previous.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+fn zero(counters: &[AtomicU64]) {
+    for c in counters {
+        c.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Counters for stats (all monotonic, relaxed atomics).
@@ -113,6 +134,34 @@ pub struct ServerStats {
     pub check_failures: AtomicU64,
     /// Transitions from UP to DOWN by active checks.
     pub check_downs: AtomicU64,
+}
+
+impl ServerStats {
+    /// HAProxy's `clear counters`: the maxima; with `all`, every counter.
+    pub fn clear(&self, all: bool) {
+        self.max_active.store(0, Ordering::Relaxed);
+        self.rate.clear(all);
+        if !all {
+            return;
+        }
+        zero(&self.responses);
+        for c in [
+            &self.requests,
+            &self.connect_errors,
+            &self.response_errors,
+            &self.retries,
+            &self.redispatches,
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.last_request_ms,
+            &self.check_failures,
+            &self.check_downs,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.response_time.clear();
+        self.connect_time.clear();
+    }
 }
 
 /// Frontend counters.
@@ -154,6 +203,28 @@ impl FrontendStats {
 }
 
 impl FrontendStats {
+    /// HAProxy's `clear counters`: the maxima; with `all`, every counter (not the connections
+    /// open now).
+    pub fn clear(&self, all: bool) {
+        self.max_connections.store(self.current_connections.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.request_rate.clear(all);
+        self.connection_rate.clear(all);
+        if !all {
+            return;
+        }
+        zero(&self.responses);
+        for c in [
+            &self.requests,
+            &self.denied,
+            &self.no_server,
+            &self.connections,
+            &self.bytes_in,
+            &self.bytes_out,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a response sent with `status`.
     pub fn count_response(&self, status: u16) {
         self.responses[usize::from((status / 100).clamp(1, 5) - 1)].fetch_add(1, Ordering::Relaxed);

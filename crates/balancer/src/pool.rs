@@ -13,6 +13,11 @@
 //! [`Admission`] policy (a refused member is logged once and counted), its
 //! `weight` tag is capped at `max_weight` and its share of the pool at
 //! `max_share`, and a rebuild costs O(servers) whatever weights are claimed.
+//!
+//! Operators add to this through the runtime API: a state, weight or address kept by server
+//! name ([`Override`]), and static servers of their own ([`Pool::add_static`]) that serve like
+//! members until deleted. What the runtime API changes outside a sync (a server added, moved or
+//! deleted) waits in [`Pool::take_pending`] for the controller to start or stop its checks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -37,6 +42,37 @@ pub struct Override {
     pub admin: Option<Admin>,
     /// A weight that replaces the member's `weight` tag.
     pub weight: Option<u32>,
+    /// An address that replaces the member's (`set server addr`).
+    pub addr: Option<SocketAddr>,
+}
+
+/// A server an operator added (`add server`): not a member, never refused, kept until deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Static {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its weight.
+    pub weight: u32,
+}
+
+/// Why an operator's change to the pool's servers was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// `add server` with a name the pool already has.
+    #[error("Already exists a server with the same name in backend.")]
+    Exists,
+    /// No server of that name.
+    #[error("No such server.")]
+    NoSuchServer,
+    /// `del server` of a member: gossip, not the operator, decides whether it is in the pool.
+    #[error("This server cannot be removed at runtime due to other configuration elements pointing to it.")]
+    Member,
+    /// `del server` of a server not in maintenance.
+    #[error("Only servers in maintenance mode can be deleted.")]
+    NotInMaintenance,
+    /// `del server` of a server with requests in flight.
+    #[error("Server still has connections attached to it, cannot remove it.")]
+    Busy,
 }
 
 /// A backend pool.
@@ -50,6 +86,9 @@ pub struct Pool {
     pub id: u32,
     servers: std::sync::Mutex<BTreeMap<Arc<str>, Arc<Server>>>,
     overrides: std::sync::Mutex<std::collections::HashMap<Arc<str>, Override>>,
+    statics: std::sync::Mutex<BTreeMap<Arc<str>, Static>>,
+    /// Changes made outside a sync, for the controller.
+    pending: std::sync::Mutex<Vec<Change>>,
     next_server_id: AtomicU32,
     view: ArcSwap<View>,
     epoch: Instant,
@@ -82,6 +121,8 @@ impl Pool {
             id,
             servers: Default::default(),
             overrides: Default::default(),
+            statics: Default::default(),
+            pending: Default::default(),
             next_server_id: AtomicU32::new(1),
             view: ArcSwap::from_pointee(View::default()),
             epoch: Instant::now(),
@@ -146,19 +187,26 @@ impl Pool {
             .get("weight")
             .and_then(|w| w.parse::<u32>().ok())
             .map_or(1, |w| w.min(self.cfg.max_weight));
-        (SocketAddr::new(m.addr.ip(), port), weight)
+        let addr = self.override_of(&m.name).addr.unwrap_or(SocketAddr::new(m.addr.ip(), port));
+        (addr, weight)
     }
 
-    /// Brings the pool in line with the cluster's membership; returns what changed.
+    /// Brings the pool in line with the cluster's membership (and the operator's static
+    /// servers); returns what changed.
     pub fn sync(&self, membership: &Membership, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let statics = self.statics.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut seen = std::collections::HashSet::new();
         let admission = self.admission.load();
         let loopback_ok = membership.local.addr.ip().to_canonical().is_loopback();
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         let mut refused_now = HashMap::new();
-        for m in membership.members.iter().filter(|m| self.selects(m)) {
+        for (name, st) in &statics {
+            seen.insert(name.clone());
+            self.place(&mut servers, name, st.addr, &mut changes);
+        }
+        for m in membership.members.iter().filter(|m| self.selects(m) && !statics.contains_key(&m.name)) {
             if matches!(m.status, MemberStatus::Left | MemberStatus::Failed) {
                 continue;
             }
@@ -173,34 +221,9 @@ impl Pool {
                 continue;
             }
             seen.insert(m.name.clone());
-            let existing = servers.get(&m.name).cloned();
-            let server = match existing {
-                Some(s) if s.addr == addr => s,
-                old => {
-                    if let Some(o) = old {
-                        o.removed.store(true, Ordering::Relaxed);
-                        changes.push(Change::Removed(o, "address changed"));
-                    }
-                    let mut fresh = Server::new(
-                        m.name.clone(),
-                        addr,
-                        weight,
-                        self.cfg.health.enabled,
-                        self.epoch,
-                        self.cfg.sticky_cookie.as_deref(),
-                    );
-                    fresh.id = self.next_server_id.fetch_add(1, Ordering::Relaxed);
-                    fresh.pool_active = self.active.clone();
-                    if let Some(a) = self.override_of(&m.name).admin {
-                        fresh.set_admin(a);
-                    }
-                    let s = Arc::new(fresh);
-                    servers.insert(m.name.clone(), s.clone());
-                    changes.push(Change::Added(s.clone()));
-                    s
-                }
-            };
+            let server = self.place(&mut servers, &m.name, addr, &mut changes);
             let operator = self.override_of(&m.name).weight;
+            server.initial_weight.store(weight, Ordering::Relaxed);
             server.weight.store(operator.unwrap_or(weight), Ordering::Relaxed);
             server.operator_weight.store(operator.is_some(), Ordering::Relaxed);
             if **server.tags.load() != *m.tags {
@@ -235,6 +258,151 @@ impl Pool {
         changes
     }
 
+    /// The server `name` at `addr`: the one the pool has, or a new one (which keeps the old one's
+    /// number when only the address changed).
+    fn place(
+        &self,
+        servers: &mut BTreeMap<Arc<str>, Arc<Server>>,
+        name: &Arc<str>,
+        addr: SocketAddr,
+        changes: &mut Vec<Change>,
+    ) -> Arc<Server> {
+        let old = match servers.get(name) {
+            Some(s) if s.addr == addr => return s.clone(),
+            old => old.cloned(),
+        };
+        let mut fresh = Server::new(
+            name.clone(),
+            addr,
+            self.statics_of(name).map_or(1, |st| st.weight),
+            self.cfg.health.enabled,
+            self.epoch,
+            self.cfg.sticky_cookie.as_deref(),
+        );
+        fresh.id = match &old {
+            Some(o) => o.id,
+            None => self.next_server_id.fetch_add(1, Ordering::Relaxed),
+        };
+        fresh.pool_active = self.active.clone();
+        let o = self.override_of(name);
+        if let Some(a) = o.admin {
+            fresh.set_admin(a);
+        }
+        if let Some(w) = o.weight {
+            fresh.weight.store(w, Ordering::Relaxed);
+            fresh.operator_weight.store(true, Ordering::Relaxed);
+        }
+        if let Some(o) = old {
+            o.removed.store(true, Ordering::Relaxed);
+            changes.push(Change::Removed(o, "address changed"));
+        }
+        let s = Arc::new(fresh);
+        servers.insert(name.clone(), s.clone());
+        changes.push(Change::Added(s.clone()));
+        s
+    }
+
+    fn statics_of(&self, name: &str) -> Option<Static> {
+        self.statics.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+    }
+
+    /// Whether `name` is a server an operator added (`add server`), not a member.
+    pub fn is_static(&self, name: &str) -> bool {
+        self.statics_of(name).is_some()
+    }
+
+    /// Changes made by the runtime API since the last call (servers added, moved, deleted):
+    /// the controller starts and stops their checks.
+    pub fn take_pending(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Applies changes made outside a sync at once: the view is rebuilt, the controller told.
+    fn publish(&self, changes: Vec<Change>, now: Instant) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(changes);
+        self.rebuild(now);
+        self.changed();
+    }
+
+    /// Adds a static server (`add server`): it serves like a member (checked when the pool
+    /// checks) until deleted, in `admin` state to begin with.
+    pub fn add_static(&self, name: &str, st: Static, admin: Admin, now: Instant) -> Result<(), PoolError> {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut statics = self.statics.lock().unwrap_or_else(|e| e.into_inner());
+        if servers.contains_key(name) || statics.contains_key(name) {
+            return Err(PoolError::Exists);
+        }
+        let name: Arc<str> = Arc::from(name);
+        statics.insert(name.clone(), st);
+        drop(statics);
+        {
+            let mut overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+            overrides.remove(&name);
+            if admin != Admin::Ready {
+                overrides.insert(name.clone(), Override { admin: Some(admin), ..Override::default() });
+            }
+        }
+        let mut changes = Vec::new();
+        self.place(&mut servers, &name, st.addr, &mut changes);
+        drop(servers);
+        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %Esc(&name), addr = %st.addr, weight = st.weight, "server added by an operator");
+        self.publish(changes, now);
+        Ok(())
+    }
+
+    /// Deletes a static server (`del server`): HAProxy's rules, it must be in maintenance with
+    /// no request in flight. Members cannot be deleted: gossip decides whether they belong.
+    pub fn del_static(&self, name: &str, now: Instant) -> Result<(), PoolError> {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let server = servers.get(name).cloned().ok_or(PoolError::NoSuchServer)?;
+        let mut statics = self.statics.lock().unwrap_or_else(|e| e.into_inner());
+        if !statics.contains_key(name) {
+            return Err(PoolError::Member);
+        }
+        if server.admin() != Admin::Maint {
+            return Err(PoolError::NotInMaintenance);
+        }
+        if server.active.load(Ordering::Relaxed) > 0 {
+            return Err(PoolError::Busy);
+        }
+        statics.remove(name);
+        drop(statics);
+        servers.remove(name);
+        drop(servers);
+        self.overrides.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        server.removed.store(true, Ordering::Relaxed);
+        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %Esc(name), "server deleted by an operator");
+        self.publish(vec![Change::Removed(server, "deleted by an operator")], now);
+        Ok(())
+    }
+
+    /// Moves server `name` to `addr` (`set server addr`); for a member, the address is kept by
+    /// name like the state, across its rejoins, until set again. The server keeps its number;
+    /// its counters start over. Returns false if the pool has no such server.
+    pub fn set_addr(&self, name: &str, addr: SocketAddr, now: Instant) -> bool {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(key) = servers.get(name).map(|s| s.name.clone()) else { return false };
+        let mut statics = self.statics.lock().unwrap_or_else(|e| e.into_inner());
+        match statics.get_mut(name) {
+            Some(st) => st.addr = addr,
+            None => {
+                self.overrides
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key.clone())
+                    .or_default()
+                    .addr = Some(addr)
+            }
+        }
+        drop(statics);
+        let mut changes = Vec::new();
+        self.place(&mut servers, &key, addr, &mut changes);
+        drop(servers);
+        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %Esc(name), %addr, "server address set by an operator");
+        self.publish(changes, now);
+        true
+    }
+
     /// Recomputes the view; returns whether any server is still ramping up (rebuild again soon).
     pub fn rebuild(&self, now: Instant) -> bool {
         let servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
@@ -252,6 +420,16 @@ impl Pool {
         let ramping = eligible.iter().any(|s| s.ramping(now, self.cfg.slow_start));
         self.view.store(Arc::new(View::build(eligible, now, &self.cfg)));
         ramping
+    }
+
+    /// Forces server `name`'s health (`set server health`/`agent`) until its next checks say
+    /// otherwise. Returns false if the pool has no such server.
+    pub fn set_health(&self, name: &str, health: crate::server::Health, now: Instant) -> bool {
+        let Some(server) = self.server(name) else { return false };
+        server.set_health(health);
+        tracing::info!(target: "shoal::server", pool = %self.cfg.name, server = %Esc(name), ?health, "server health set by an operator");
+        self.rebuild(now);
+        true
     }
 
     /// The server named `name`, eligible or not.

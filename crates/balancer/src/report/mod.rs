@@ -15,115 +15,18 @@ use crate::pool::Pool;
 use crate::server::{Admin, Health, Server};
 use crate::state::State;
 
-/// HAProxy's stats fields, in order (`show stat` / `;csv`), as HAProxy 2.6 prints them.
-pub const FIELDS: [&str; 103] = [
-    "pxname",
-    "svname",
-    "qcur",
-    "qmax",
-    "scur",
-    "smax",
-    "slim",
-    "stot",
-    "bin",
-    "bout",
-    "dreq",
-    "dresp",
-    "ereq",
-    "econ",
-    "eresp",
-    "wretr",
-    "wredis",
-    "status",
-    "weight",
-    "act",
-    "bck",
-    "chkfail",
-    "chkdown",
-    "lastchg",
-    "downtime",
-    "qlimit",
-    "pid",
-    "iid",
-    "sid",
-    "throttle",
-    "lbtot",
-    "tracked",
-    "type",
-    "rate",
-    "rate_lim",
-    "rate_max",
-    "check_status",
-    "check_code",
-    "check_duration",
-    "hrsp_1xx",
-    "hrsp_2xx",
-    "hrsp_3xx",
-    "hrsp_4xx",
-    "hrsp_5xx",
-    "hrsp_other",
-    "hanafail",
-    "req_rate",
-    "req_rate_max",
-    "req_tot",
-    "cli_abrt",
-    "srv_abrt",
-    "comp_in",
-    "comp_out",
-    "comp_byp",
-    "comp_rsp",
-    "lastsess",
-    "last_chk",
-    "last_agt",
-    "qtime",
-    "ctime",
-    "rtime",
-    "ttime",
-    "agent_status",
-    "agent_code",
-    "agent_duration",
-    "check_desc",
-    "agent_desc",
-    "check_rise",
-    "check_fall",
-    "check_health",
-    "agent_rise",
-    "agent_fall",
-    "agent_health",
-    "addr",
-    "cookie",
-    "mode",
-    "algo",
-    "conn_rate",
-    "conn_rate_max",
-    "conn_tot",
-    "intercepted",
-    "dcon",
-    "dses",
-    "wrew",
-    "connect",
-    "reuse",
-    "cache_lookups",
-    "cache_hits",
-    "srv_icur",
-    "src_ilim",
-    "qtime_max",
-    "ctime_max",
-    "rtime_max",
-    "ttime_max",
-    "eint",
-    "idle_conn_cur",
-    "safe_conn_cur",
-    "used_conn_cur",
-    "need_conn_est",
-    "uweight",
-    "agg_server_status",
-    "agg_server_check_status",
-    "agg_check_status",
-];
+mod fields;
+pub mod typed;
 
-fn field(name: &str) -> usize {
-    FIELDS.iter().position(|f| *f == name).unwrap_or_else(|| panic!("unknown stats field {name}"))
+pub use fields::{Field, INFO, STAT, Ty};
+
+/// How many of [`STAT`]'s fields are HAProxy's static ones (up to `agg_check_status`); the
+/// CSV prints a `-` column after them, then the ssl, h2 and h1 modules' fields.
+pub const STATIC_FIELDS: usize = 103;
+
+/// The position of stats field `name` in [`STAT`].
+pub fn field(name: &str) -> usize {
+    STAT.iter().position(|f| f.name == name).unwrap_or_else(|| panic!("unknown stats field {name}"))
 }
 
 /// What a row describes (HAProxy's `type` field: 0, 1, 2).
@@ -142,7 +45,7 @@ pub enum Kind {
 pub struct Row {
     /// What it describes.
     pub kind: Kind,
-    /// One value per [`FIELDS`] entry (empty where Shoal has no equivalent).
+    /// One value per [`STAT`] entry (empty where Shoal has no equivalent).
     pub values: Vec<String>,
     /// For servers: the gossip status of its member.
     pub gossip: Option<MemberStatus>,
@@ -155,17 +58,39 @@ pub struct Row {
 impl Row {
     fn new(kind: Kind, pxname: &str, svname: &str) -> Row {
         let mut r =
-            Row { kind, values: vec![String::new(); FIELDS.len()], gossip: None, tags: None, state: "" };
+            Row { kind, values: vec![String::new(); STAT.len()], gossip: None, tags: None, state: "" };
         r.set("pxname", pxname);
         r.set("svname", svname);
         r.set("pid", 1);
         r.set("type", kind as u8);
         r.set("mode", "http");
+        // The modules' counters HAProxy prints for this kind of row: ssl for all, h2 and h1 for
+        // proxies (Shoal counts none of them apart).
+        let modules = if kind == Kind::Server { 3 } else { STAT.len() - STATIC_FIELDS };
+        for v in &mut r.values[STATIC_FIELDS..STATIC_FIELDS + modules] {
+            *v = "0".into();
+        }
         r
+    }
+
+    /// HAProxy's letter for the row in typed output: `F`, `B` or `S`.
+    pub fn letter(&self) -> char {
+        match self.kind {
+            Kind::Frontend => 'F',
+            Kind::Backend => 'B',
+            Kind::Server => 'S',
+        }
     }
 
     fn set(&mut self, name: &str, v: impl Display) {
         self.values[field(name)] = v.to_string();
+    }
+
+    /// Sets fields HAProxy prints for this kind of row and Shoal does not count to 0.
+    fn zero(&mut self, names: &[&str]) {
+        for name in names {
+            self.set(name, 0);
+        }
     }
 
     /// The value of field `name` ("" when empty).
@@ -210,6 +135,24 @@ fn csv_escape(v: &str) -> std::borrow::Cow<'_, str> {
     if v.contains([',', '"']) { format!("\"{}\"", v.replace('"', "\"\"")).into() } else { v }
 }
 
+/// HAProxy's stats CSV of `rows`: the header (with its `-` column after the static fields),
+/// then one line per row.
+pub fn csv<'a>(rows: impl Iterator<Item = &'a Row>) -> String {
+    let names: Vec<&str> = STAT.iter().map(|f| f.name).collect();
+    let mut out = format!("# {},-,{},\n", names[..STATIC_FIELDS].join(","), names[STATIC_FIELDS..].join(","));
+    for r in rows {
+        for (i, v) in r.values.iter().enumerate() {
+            if i == STATIC_FIELDS {
+                out.push_str("-,");
+            }
+            out.push_str(&csv_escape(v));
+            out.push(',');
+        }
+        out.push('\n');
+    }
+    out
+}
+
 impl Snapshot {
     /// Collects the rows of every frontend, pool and server.
     pub fn collect(b: &State) -> Snapshot {
@@ -231,15 +174,7 @@ impl Snapshot {
 
     /// HAProxy's stats CSV: the `# pxname,svname,…` header, then one line per row.
     pub fn csv(&self) -> String {
-        let mut out = format!("# {},\n", FIELDS.join(","));
-        for r in &self.rows {
-            for v in &r.values {
-                out.push_str(&csv_escape(v));
-                out.push(',');
-            }
-            out.push('\n');
-        }
-        out
+        csv(self.rows.iter())
     }
 
     /// The same rows as JSON: an array of objects with HAProxy's field names (empty fields
@@ -250,7 +185,7 @@ impl Snapshot {
             .iter()
             .map(|r| {
                 let mut o = serde_json::Map::new();
-                for (f, v) in FIELDS.iter().zip(&r.values).filter(|(_, v)| !v.is_empty()) {
+                for (f, v) in STAT.iter().map(|f| f.name).zip(&r.values).filter(|(_, v)| !v.is_empty()) {
                     let value = match v.parse::<i64>() {
                         Ok(n) => serde_json::Value::from(n),
                         Err(_) => serde_json::Value::from(v.as_str()),
@@ -299,6 +234,19 @@ fn frontend_row(name: &str, fe: &crate::metrics::FrontendStats, limit: usize, no
     r.set("conn_rate", fe.connection_rate.per_second(second));
     r.set("conn_rate_max", fe.connection_rate.max());
     r.set("conn_tot", load(&fe.connections));
+    r.zero(&[
+        "comp_in",
+        "comp_out",
+        "comp_byp",
+        "comp_rsp",
+        "intercepted",
+        "dcon",
+        "dses",
+        "wrew",
+        "cache_lookups",
+        "cache_hits",
+        "eint",
+    ]);
     r
 }
 
@@ -354,6 +302,22 @@ fn server_row(pool: &Pool, s: &Arc<Server>, now: Instant) -> Row {
     r.set("ctime", st.connect_time.mean_ms());
     r.set("rtime", st.response_time.mean_ms());
     r.set("ttime", st.response_time.mean_ms());
+    r.set("req_tot", load(&st.requests));
+    r.set("used_conn_cur", s.active.load(Ordering::Relaxed));
+    r.zero(&[
+        "wrew",
+        "connect",
+        "reuse",
+        "srv_icur",
+        "qtime_max",
+        "ctime_max",
+        "rtime_max",
+        "ttime_max",
+        "eint",
+        "idle_conn_cur",
+        "safe_conn_cur",
+        "need_conn_est",
+    ]);
     r.set("addr", s.addr);
     if pool.cfg.sticky_cookie.is_some() {
         r.set("cookie", s.cookie());
@@ -363,7 +327,7 @@ fn server_row(pool: &Pool, s: &Arc<Server>, now: Instant) -> Row {
         r.set("chkdown", load(&st.check_downs));
         r.set("check_rise", pool.cfg.health.rise);
         r.set("check_fall", pool.cfg.health.fall);
-        r.set("check_health", if s.health() == Health::Up { pool.cfg.health.fall } else { 0 });
+        r.set("check_health", check_health(pool, s));
         let last = s.last_check.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match last {
             Some(c) => {
@@ -382,6 +346,13 @@ fn server_row(pool: &Pool, s: &Arc<Server>, now: Instant) -> Row {
         }
     }
     r
+}
+
+/// HAProxy's health level: from 0 (down) up to `rise + fall - 1` (up, as far from down as can
+/// be); Shoal keeps the state, not the level, so a server is at one end or the other.
+pub fn check_health(pool: &Pool, s: &Server) -> u32 {
+    let h = &pool.cfg.health;
+    if s.health() == Health::Up { h.rise + h.fall - 1 } else { 0 }
 }
 
 fn check_desc(s: crate::server::CheckStatus) -> &'static str {
@@ -424,6 +395,32 @@ fn backend_row(pool: &Pool, servers: &[Arc<Server>], rows: &[Row], now: Instant)
     r.set("rate_max", rows.iter().map(|r| r.num("rate_max")).sum::<u64>());
     r.set("hrsp_other", 0);
     r.set("algo", pool.cfg.algorithm.name());
+    for f in ["qtime", "ctime", "rtime", "ttime"] {
+        r.set(f, sum(f).checked_div(rows.len() as u64).unwrap_or(0));
+    }
+    r.zero(&[
+        "slim",
+        "downtime",
+        "cli_abrt",
+        "srv_abrt",
+        "comp_in",
+        "comp_out",
+        "comp_byp",
+        "comp_rsp",
+        "wrew",
+        "connect",
+        "reuse",
+        "cache_lookups",
+        "cache_hits",
+        "qtime_max",
+        "ctime_max",
+        "rtime_max",
+        "ttime_max",
+        "eint",
+        "agg_server_status",
+        "agg_server_check_status",
+        "agg_check_status",
+    ]);
     if let Some(newest) = servers.iter().filter_map(|s| s.since_last_request(now)).min() {
         r.set("lastsess", newest.as_secs());
     } else {
