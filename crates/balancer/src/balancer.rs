@@ -26,7 +26,7 @@ use crate::h1::{self, ClientIo};
 use crate::metrics::FrontendStats;
 use crate::pool::{Change, Pool};
 use crate::state::{Pools, State};
-use crate::{admin, admission, general, health, limits, park, stats, tls};
+use crate::{admin, admission, discovery, general, health, limits, park, stats, tls};
 use shoal_gossip::escape::Esc;
 
 /// Errors from starting or reloading.
@@ -89,6 +89,8 @@ struct Inner {
     /// Where idle plain keep-alive connections wait for their next request.
     parking: park::Lot<(ConnCtx, ConnGuard)>,
     checkers: std::sync::Mutex<Checkers>,
+    /// The task following each pool's DNS or Docker source, by pool number.
+    discovery: std::sync::Mutex<HashMap<u32, JoinHandle<()>>>,
     controller: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats_addr: std::sync::Mutex<Option<SocketAddr>>,
@@ -139,6 +141,7 @@ impl Balancer {
             stop: stop.clone(),
             parking,
             checkers: std::sync::Mutex::new(HashMap::new()),
+            discovery: std::sync::Mutex::new(HashMap::new()),
             controller: std::sync::Mutex::new(None),
             stats_task: std::sync::Mutex::new(None),
             stats_addr: std::sync::Mutex::new(None),
@@ -344,6 +347,26 @@ impl Balancer {
             .filter(|(n, p)| pools.get(*n).is_none_or(|q| !Arc::ptr_eq(p, q)))
             .map(|(_, p)| p.clone())
             .collect();
+        // New pools start following their source; replaced ones stop.
+        {
+            let mut tasks = self.inner.discovery.lock().unwrap_or_else(|e| e.into_inner());
+            for p in &removed {
+                if let Some(task) = tasks.remove(&p.id) {
+                    task.abort();
+                }
+            }
+            for p in pools.values() {
+                let pool = Arc::downgrade(p);
+                let out = discovery::Publisher::to(move |found| {
+                    pool.upgrade().map(|pool| pool.set_discovered(found)).is_some()
+                });
+                if !tasks.contains_key(&p.id)
+                    && let Some(task) = discovery::spawn(&p.cfg, p.name.clone(), out)
+                {
+                    tasks.insert(p.id, task);
+                }
+            }
+        }
         self.inner.state.pools.store(Arc::new(pools));
         *self.inner.state.cfg.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
         // Checkers of replaced pools stop; the controller starts new ones.
@@ -465,6 +488,9 @@ impl Balancer {
         for (_, t) in self.inner.checkers.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             t.abort();
         }
+        for (_, t) in self.inner.discovery.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            t.abort();
+        }
         for t in self.inner.admin_tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             t.abort();
         }
@@ -510,7 +536,8 @@ impl Balancer {
             let same =
                 synced.as_ref().is_some_and(|(m, p)| Arc::ptr_eq(m, &snapshot) && Arc::ptr_eq(p, &pools));
             for pool in pools.values() {
-                if same {
+                let found = pool.take_discovered_changed();
+                if same && !found {
                     pool.rebuild(now);
                 } else {
                     for change in pool.sync(&snapshot, now) {

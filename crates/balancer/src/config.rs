@@ -255,6 +255,143 @@ pub struct PoolConfig {
     /// weight tags alone decide.
     #[serde(default = "default_max_share")]
     pub max_share: f64,
+    /// Servers from DNS answers instead of gossip ([`DnsSource`]).
+    #[serde(default)]
+    pub dns: Option<DnsSource>,
+    /// Servers from the Docker engine's containers instead of gossip ([`DockerSource`]).
+    #[serde(default)]
+    pub docker: Option<DockerSource>,
+}
+
+/// Which DNS records name a pool's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum DnsRecord {
+    /// IPv4 addresses, on the source's `port` (or the pool's).
+    #[default]
+    #[serde(alias = "a")]
+    A,
+    /// IPv6 addresses, on the source's `port` (or the pool's).
+    #[serde(rename = "AAAA", alias = "aaaa")]
+    Aaaa,
+    /// Service records: each gives a target host, a port and a weight.
+    #[serde(rename = "SRV", alias = "srv")]
+    Srv,
+}
+
+/// A pool whose servers are what a DNS name resolves to (`dns = { name = "web" }`): compose
+/// service names, swarm's `tasks.<service>`, any name with A, AAAA or SRV records. The name is
+/// resolved again when its answer's TTL runs out, the TTL clamped into `min_ttl..=max_ttl`; a
+/// failed or empty answer keeps the last good set for `keep_last`, then empties the pool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSource {
+    /// The name to resolve (the resolver's search domains apply, as in `/etc/resolv.conf`).
+    pub name: String,
+    /// The record type: `A` (default), `AAAA` or `SRV`.
+    #[serde(rename = "type", default)]
+    pub record: DnsRecord,
+    /// Port of the service on A and AAAA targets (the pool's `port` when unset); SRV records
+    /// carry their own.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Shortest time between two resolutions, whatever the TTL says (at least 1 s).
+    #[serde(default = "default_min_ttl", with = "duration")]
+    pub min_ttl: Duration,
+    /// Longest time between two resolutions, whatever the TTL says (Docker's DNS answers with
+    /// 600 s: lower this to see tasks come and go sooner).
+    #[serde(default = "default_max_ttl", with = "duration")]
+    pub max_ttl: Duration,
+    /// How long the last good set is kept once answers fail or come back empty.
+    #[serde(default = "default_keep_last", with = "duration")]
+    pub keep_last: Duration,
+}
+
+fn default_min_ttl() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_keep_last() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// A pool whose servers are the running containers of a Docker engine that carry `labels`
+/// (`docker = { labels = { "shoal.pool" = "web" } }`), read-only through the engine's API on
+/// its unix socket and kept live by its event stream. A container's `shoal.port` and
+/// `shoal.weight` labels give its port and weight; its address is its IP on `network` (or on
+/// the first network, by name, that gives it one).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSource {
+    /// The engine's API socket.
+    #[serde(default = "default_docker_socket")]
+    pub socket: PathBuf,
+    /// Labels a container must carry (at least one).
+    pub labels: BTreeMap<String, String>,
+    /// The network whose address is routed to.
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from("/var/run/docker.sock")
+}
+
+/// Whether `name` is a DNS name a resolver can be asked for: 1-253 bytes, labels of 1-63
+/// letters, digits, `-` and `_` (service labels), an optional final dot.
+fn valid_dns_name(name: &str) -> bool {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+impl DnsSource {
+    fn validate(&self, pool: &str) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(format!("pool {pool:?}: dns: {m}")));
+        if !valid_dns_name(&self.name) {
+            return err(format!("{:?} is not a DNS name", self.name));
+        }
+        if self.port == Some(0) {
+            return err("port must not be 0".into());
+        }
+        if self.record == DnsRecord::Srv && self.port.is_some() {
+            return err("SRV records give the port: leave port out".into());
+        }
+        if self.min_ttl < Duration::from_secs(1) {
+            return err("min_ttl must be at least 1s".into());
+        }
+        if self.max_ttl < self.min_ttl || self.max_ttl > Duration::from_secs(3600) {
+            return err("max_ttl must be between min_ttl and 1h".into());
+        }
+        Ok(())
+    }
+}
+
+impl DockerSource {
+    fn validate(&self, pool: &str) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(format!("pool {pool:?}: docker: {m}")));
+        if !self.socket.is_absolute() {
+            return err(format!("socket {} must be an absolute path", self.socket.display()));
+        }
+        if self.labels.is_empty() {
+            return err("labels must name at least one label: every container would be a server".into());
+        }
+        let clean = |s: &str| s.len() <= 256 && !s.chars().any(char::is_control);
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.contains('=') || !clean(k) || !clean(v) {
+                return err(format!("invalid label {k:?} = {v:?}"));
+            }
+        }
+        if self.network.as_deref().is_some_and(|n| n.is_empty() || !clean(n)) {
+            return err("network must be a network's name".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_role() -> String {
@@ -294,7 +431,14 @@ impl PoolConfig {
             accept_networks: None,
             max_weight: default_max_weight(),
             max_share: default_max_share(),
+            dns: None,
+            docker: None,
         }
+    }
+
+    /// Whether its servers come from DNS or Docker rather than from gossip membership.
+    pub fn discovers(&self) -> bool {
+        self.dns.is_some() || self.docker.is_some()
     }
 
     /// The parsed `accept_networks` (`None` when unset: the default policy).
@@ -578,6 +722,17 @@ impl BalancerConfig {
             if !(p.max_share > 0.0 && p.max_share <= 1.0) {
                 return err(format!("pool {:?}: max_share must be above 0 and at most 1", p.name));
             }
+            match (&p.dns, &p.docker) {
+                (Some(_), Some(_)) => {
+                    return err(format!(
+                        "pool {:?}: dns and docker are both set: one source per pool",
+                        p.name
+                    ));
+                }
+                (Some(d), None) => d.validate(&p.name)?,
+                (None, Some(d)) => d.validate(&p.name)?,
+                (None, None) => {}
+            }
         }
         let mut addrs = HashSet::new();
         let mut names = HashSet::new();
@@ -751,6 +906,77 @@ mod tests {
         for (line, why) in cases {
             let e = BalancerConfig::from_toml(&FULL.replace("port = 8080", &format!("port = 8080\n{line}")))
                 .unwrap_err();
+            assert!(e.0.contains(why), "{line}: got {e}");
+        }
+    }
+
+    #[test]
+    fn dns_and_docker_sources_parse_with_their_defaults() {
+        let c = BalancerConfig::from_toml(&FULL.replace(
+            "port = 8080",
+            "port = 8080\ndns = { name = \"tasks.web\", type = \"SRV\", max_ttl = \"5s\", keep_last = \"1m\" }",
+        ))
+        .unwrap();
+        let dns = c.pools[1].dns.as_ref().unwrap();
+        assert_eq!((dns.name.as_str(), dns.record, dns.port), ("tasks.web", DnsRecord::Srv, None));
+        assert_eq!(
+            (dns.min_ttl, dns.max_ttl, dns.keep_last),
+            (Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(60))
+        );
+        assert!(c.pools[1].discovers() && !c.pools[0].discovers());
+        let c = BalancerConfig::from_toml(&FULL.replace("port = 8080", "dns = { name = \"web\" }")).unwrap();
+        let dns = c.pools[1].dns.as_ref().unwrap();
+        assert_eq!(
+            (dns.record, dns.max_ttl, dns.keep_last),
+            (DnsRecord::A, Duration::from_secs(60), Duration::from_secs(300))
+        );
+        let c =
+            BalancerConfig::from_toml(&FULL.replace(
+                "port = 8080",
+                "docker = { labels = { \"shoal.pool\" = \"web\" }, network = \"lab\" }",
+            ))
+            .unwrap();
+        let docker = c.pools[1].docker.as_ref().unwrap();
+        assert_eq!(docker.socket, PathBuf::from("/var/run/docker.sock"));
+        assert_eq!((docker.labels["shoal.pool"].as_str(), docker.network.as_deref()), ("web", Some("lab")));
+    }
+
+    #[test]
+    fn bad_sources_are_refused_with_a_reason() {
+        let docker = "docker = { labels = { \"shoal.pool\" = \"web\" } }";
+        let cases = [
+            ("dns = { name = \"web\", type = \"MX\" }".to_string(), "unknown variant `MX`"),
+            ("dns = { type = \"A\" }".into(), "missing field `name`"),
+            ("dns = { name = \"web\", ttl = \"1s\" }".into(), "unknown field `ttl`"),
+            ("dns = { name = \"bad name\" }".into(), "pool \"api\": dns: \"bad name\" is not a DNS name"),
+            ("dns = { name = \"\" }".into(), "is not a DNS name"),
+            ("dns = { name = \"web\", port = 0 }".into(), "dns: port must not be 0"),
+            ("dns = { name = \"web\", type = \"SRV\", port = 80 }".into(), "SRV records give the port"),
+            ("dns = { name = \"web\", min_ttl = \"100ms\" }".into(), "min_ttl must be at least 1s"),
+            (
+                "dns = { name = \"web\", min_ttl = \"10s\", max_ttl = \"5s\" }".into(),
+                "max_ttl must be between",
+            ),
+            ("dns = { name = \"web\", max_ttl = \"2h\" }".into(), "max_ttl must be between min_ttl and 1h"),
+            (
+                format!("dns = {{ name = \"web\" }}\n{docker}"),
+                "dns and docker are both set: one source per pool",
+            ),
+            ("docker = { labels = {} }".into(), "docker: labels must name at least one label"),
+            ("docker = { socket = \"/x.sock\" }".into(), "missing field `labels`"),
+            (
+                "docker = { socket = \"docker.sock\", labels = { a = \"b\" } }".into(),
+                "must be an absolute path",
+            ),
+            ("docker = { labels = { \"a=b\" = \"c\" } }".into(), "invalid label"),
+            ("docker = { labels = { a = \"b\\n\" } }".into(), "invalid label"),
+            (
+                "docker = { labels = { a = \"b\" }, network = \"\" }".into(),
+                "network must be a network's name",
+            ),
+        ];
+        for (line, why) in cases {
+            let e = BalancerConfig::from_toml(&FULL.replace("port = 8080", &line)).unwrap_err();
             assert!(e.0.contains(why), "{line}: got {e}");
         }
     }

@@ -15,6 +15,10 @@
 //! [`admission`] policy accepts, caps the weight a member claims, sticks clients
 //! with an opaque per-server cookie ([`sticky`]), and every output that carries
 //! member data escapes it ([`escape`]).
+//!
+//! Backends that run no agent come from DNS answers or a Docker engine's containers
+//! (`discovery`): pools configured with a `dns` or `docker` source take their servers from
+//! it instead, and treat them as members.
 
 mod access_log;
 mod admin;
@@ -25,6 +29,7 @@ mod cidr;
 mod codec;
 mod config;
 mod conn;
+mod discovery;
 mod forward;
 mod frontend;
 mod general;
@@ -50,8 +55,8 @@ pub use access_log::{AccessLog, Format as AccessLogFormat, Record as AccessRecor
 pub use admin::MAX_LINE as ADMIN_MAX_LINE;
 pub use balancer::{Balancer, BalancerError};
 pub use config::{
-    AdminConfig, Algorithm, BalancerConfig, ConfigError, FrontendConfig, HealthConfig, Limits, MAX_WEIGHT,
-    PassiveConfig, PoolConfig, RetryOn, Route, Timeouts, TlsConfig,
+    AdminConfig, Algorithm, BalancerConfig, ConfigError, DnsRecord, DnsSource, DockerSource, FrontendConfig,
+    HealthConfig, Limits, MAX_WEIGHT, PassiveConfig, PoolConfig, RetryOn, Route, Timeouts, TlsConfig,
 };
 pub use h1::ClientIo;
 pub use health::{CheckError, check_once};

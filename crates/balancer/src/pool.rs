@@ -18,6 +18,10 @@
 //! name ([`Override`]), and static servers of their own ([`Pool::add_static`]) that serve like
 //! members until deleted. What the runtime API changes outside a sync (a server added, moved or
 //! deleted) waits in [`Pool::take_pending`] for the controller to start or stop its checks.
+//!
+//! A pool configured with a DNS or Docker source selects no member: its servers are what that
+//! source found last (set by its task, merged at the next sync), admitted, weighted and
+//! drained as members are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -31,6 +35,7 @@ use shoal_gossip::{Member, MemberStatus};
 
 use crate::admission::{Admission, HostNets};
 use crate::config::{MAX_WEIGHT, PoolConfig};
+use crate::discovery::Found;
 use crate::select::View;
 use crate::server::{Admin, Server};
 use shoal_gossip::escape::Esc;
@@ -100,6 +105,10 @@ pub struct Pool {
     pub members_refused: AtomicU64,
     /// Requests in flight on its servers.
     active: Arc<AtomicU32>,
+    /// The servers its discovery source (DNS, Docker) found last, and whether they changed
+    /// since the last sync.
+    discovered: ArcSwap<Vec<Found>>,
+    discovered_changed: std::sync::atomic::AtomicBool,
 }
 
 /// What changed for a server, for the log.
@@ -131,6 +140,8 @@ impl Pool {
             refused: Default::default(),
             members_refused: AtomicU64::new(0),
             active: Arc::default(),
+            discovered: ArcSwap::from_pointee(Vec::new()),
+            discovered_changed: Default::default(),
             cfg,
         }
     }
@@ -169,9 +180,11 @@ impl Pool {
         self.servers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
-    /// Whether a member belongs in this pool.
+    /// Whether a member belongs in this pool (never in a pool whose servers a DNS or Docker
+    /// source gives).
     pub fn selects(&self, m: &Member) -> bool {
-        (self.cfg.role.is_empty() || m.role() == self.cfg.role)
+        !self.cfg.discovers()
+            && (self.cfg.role.is_empty() || m.role() == self.cfg.role)
             && self.cfg.tags.iter().all(|(k, v)| m.tags.get(k) == Some(v))
     }
 
@@ -206,34 +219,43 @@ impl Pool {
             seen.insert(name.clone());
             self.place(&mut servers, name, st.addr, &mut changes);
         }
+        let mut admit = |name: &Arc<str>, addr: SocketAddr| match admission.check(addr, loopback_ok) {
+            Ok(()) => true,
+            Err(why) => {
+                // Logged and counted once per member and address, not at every sync.
+                if refused.get(name) != Some(&addr) {
+                    self.members_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: "shoal::server", pool = %self.cfg.name, member = %Esc(name), %addr, reason = %why, "member refused: not routed to");
+                }
+                refused_now.insert(name.clone(), addr);
+                false
+            }
+        };
+        // Servers a DNS or Docker source found: admitted, weighted and drained like members.
+        for f in self.discovered.load().iter().filter(|f| !statics.contains_key(&f.name)) {
+            let addr = self.override_of(&f.name).addr.unwrap_or(f.addr);
+            if !admit(&f.name, addr) {
+                continue;
+            }
+            seen.insert(f.name.clone());
+            let server = self.place(&mut servers, &f.name, addr, &mut changes);
+            let status = if f.draining { MemberStatus::Leaving } else { MemberStatus::Alive };
+            self.follow(&server, f.weight, status, &mut changes);
+        }
         for m in membership.members.iter().filter(|m| self.selects(m) && !statics.contains_key(&m.name)) {
             if matches!(m.status, MemberStatus::Left | MemberStatus::Failed) {
                 continue;
             }
             let (addr, weight) = self.target(m);
-            if let Err(why) = admission.check(addr, loopback_ok) {
-                // Logged and counted once per member and address, not at every sync.
-                if refused.get(&m.name) != Some(&addr) {
-                    self.members_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(target: "shoal::server", pool = %self.cfg.name, member = %Esc(&m.name), %addr, reason = %why, "member refused: not routed to");
-                }
-                refused_now.insert(m.name.clone(), addr);
+            if !admit(&m.name, addr) {
                 continue;
             }
             seen.insert(m.name.clone());
             let server = self.place(&mut servers, &m.name, addr, &mut changes);
-            let operator = self.override_of(&m.name).weight;
-            server.initial_weight.store(weight, Ordering::Relaxed);
-            server.weight.store(operator.unwrap_or(weight), Ordering::Relaxed);
-            server.operator_weight.store(operator.is_some(), Ordering::Relaxed);
             if **server.tags.load() != *m.tags {
                 server.tags.store(m.tags.clone());
             }
-            let before = server.member_status();
-            server.set_member_status(m.status);
-            if before == MemberStatus::Alive && m.status == MemberStatus::Leaving {
-                changes.push(Change::Draining(server.clone()));
-            }
+            self.follow(&server, weight, m.status, &mut changes);
         }
         let gone: Vec<Arc<str>> = servers.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for name in gone {
@@ -246,6 +268,7 @@ impl Pool {
                         "failed"
                     }
                     _ if refused_now.contains_key(&name) => "refused by the admission policy",
+                    _ if self.cfg.discovers() => "no longer discovered",
                     _ => "no longer selected",
                 };
                 changes.push(Change::Removed(s, why));
@@ -256,6 +279,32 @@ impl Pool {
         drop(servers);
         self.rebuild(now);
         changes
+    }
+
+    /// Brings a server's weight (unless an operator set one) and status in line with what its
+    /// member or source says; a server that starts leaving is drained.
+    fn follow(&self, server: &Arc<Server>, weight: u32, status: MemberStatus, changes: &mut Vec<Change>) {
+        let operator = self.override_of(&server.name).weight;
+        server.initial_weight.store(weight, Ordering::Relaxed);
+        server.weight.store(operator.unwrap_or(weight), Ordering::Relaxed);
+        server.operator_weight.store(operator.is_some(), Ordering::Relaxed);
+        let before = server.member_status();
+        server.set_member_status(status);
+        if before == MemberStatus::Alive && status == MemberStatus::Leaving {
+            changes.push(Change::Draining(server.clone()));
+        }
+    }
+
+    /// Replaces the servers its discovery source found; the controller syncs the pool next.
+    pub(crate) fn set_discovered(&self, found: Vec<Found>) {
+        self.discovered.store(Arc::new(found));
+        self.discovered_changed.store(true, Ordering::Release);
+        self.changed();
+    }
+
+    /// Whether the discovered servers changed since the last call: a sync is due.
+    pub(crate) fn take_discovered_changed(&self) -> bool {
+        self.discovered_changed.swap(false, Ordering::AcqRel)
     }
 
     /// The server `name` at `addr`: the one the pool has, or a new one (which keeps the old one's
