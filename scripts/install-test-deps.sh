@@ -3,9 +3,10 @@
 # HashiCorp Serf) and cargo tools. Safe to run on every CI run: it only installs what is missing.
 set -euo pipefail
 
+# hatop: the curses client of HAProxy's stats socket, which reads the balancer's runtime API.
 # s6: its s6-svstat and s6-svc read and drive `shoal init`'s supervise folders. python3-yaml: crates/shoal/tests/swarm.rs parses the Kubernetes manifests with it; openssl: the
 # TLS log test makes a certificate and connects with s_client.
-APT_PACKAGES=(serf haproxy nginx-light socat chromium prometheus-haproxy-exporter python3-yaml openssl s6)
+APT_PACKAGES=(serf haproxy hatop nginx-light socat chromium prometheus-haproxy-exporter python3-yaml openssl s6)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -64,7 +64,7 @@ pub struct Static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
     /// `add server` with a name the pool already has.
-    #[error("Already exists a server with the same name in backend.")]
+    #[error("Already exists a server with the same name in backend.\n")]
     Exists,
     /// No server of that name.
     #[error("No such server.")]

@@ -313,8 +313,10 @@ impl View {
                 // Nearest first (unknown distances last, ties rotated), but not one that has
                 // SPILL_MARGIN more requests in flight than the least busy eligible server.
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                let mut eligible: Vec<usize> =
-                    (0..n).map(|k| (start + k) % n).filter(|&i| self.weights[i] > 0 && ok(&self.servers[i])).collect();
+                let mut eligible: Vec<usize> = (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| self.weights[i] > 0 && ok(&self.servers[i]))
+                    .collect();
                 let busy = |i: usize| self.servers[i].active.load(Ordering::Relaxed);
                 let least = eligible.iter().map(|&i| busy(i)).min()?;
                 let rtt = |i: usize| match self.servers[i].rtt_us.load(Ordering::Relaxed) {

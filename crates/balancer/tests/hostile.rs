@@ -168,9 +168,24 @@ async fn the_stats_csv_keeps_one_row_per_server_and_json_carries_the_exact_name(
         );
         assert!(row.contains(&token(NASTY)), "the cookie column shows the token: {row}");
     }
+    // `show stat json` is HAProxy's: an array per row of one object per field.
     let json: serde_json::Value = serde_json::from_str(&h.balancer.command("show stat json")).unwrap();
-    let rows = json.as_array().unwrap();
-    let row = rows.iter().find(|r| r["svname"] == NASTY).expect("the exact name, JSON-escaped");
+    let names: Vec<&serde_json::Value> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .filter(|f| f["field"]["name"] == "svname")
+        .map(|f| &f["value"]["value"])
+        .collect();
+    assert!(names.contains(&&serde_json::Value::from(NASTY)), "the exact name, JSON-escaped: {names:?}");
+    // Its typed lines stay one line per field whatever the name holds.
+    let typed = h.balancer.command("show stat typed");
+    assert!(typed.lines().all(|l| l.starts_with(['F', 'B', 'S'])), "{typed}");
+    // `/;json` is Shoal's: rows as objects, with the gossip tags.
+    let url = format!("http://{}/;json", h.balancer.stats_addr().unwrap());
+    let json: serde_json::Value = serde_json::from_str(&get(&client(), &url, &[]).await.2).unwrap();
+    let row = json.as_array().unwrap().iter().find(|r| r["svname"] == NASTY).expect("the exact name");
     assert_eq!(row["tags"]["note"], "tag\nvalue <i>");
 }
 

@@ -1,7 +1,8 @@
 //! The balancer's stats and runtime API, seen by the tools operators use: HAProxy's
 //! own CSV header and a CSV parser, the Prometheus HAProxy exporter, headless
 //! Chromium on the stats page, the runtime API over its unix socket, TCP and
-//! HTTP, `shoal server`, and the access log.
+//! HTTP, compared answer for answer with a real HAProxy 2.6, read by `hatop`,
+//! `shoal server`, and the access log.
 
 mod common;
 
@@ -242,38 +243,67 @@ fn run_bounded(cmd: &mut Command, deadline: Duration) -> String {
     reader.join().unwrap_or_default()
 }
 
+/// A real HAProxy 2.6 on loopback, with a stats page and an admin-level stats socket, and a
+/// backend `backend` of `servers` (name and address) checked with `HEAD /`, as Shoal's pool.
+struct Haproxy {
+    proc: Proc,
+    stats: SocketAddr,
+    socket: PathBuf,
+}
+
+impl Haproxy {
+    fn start(servers: &[(&str, SocketAddr)]) -> Haproxy {
+        let (port, front) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("shoal-test-haproxy-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("admin.sock");
+        let mut cfg = format!(
+            "global\n  maxconn 100\n  stats socket {} mode 600 level admin\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+             frontend stats\n  bind 127.0.0.1:{port}\n  stats enable\n  stats uri /\n\
+             frontend http\n  bind 127.0.0.1:{front}\n  default_backend backend\n\
+             backend backend\n  balance roundrobin\n  option httpchk HEAD /\n",
+            socket.display()
+        );
+        for (name, addr) in servers {
+            cfg.push_str(&format!("  server {name} {addr} check inter 200ms\n"));
+        }
+        if servers.is_empty() {
+            cfg.push_str("  server s1 127.0.0.1:9\n");
+        }
+        let file = dir.join("haproxy.cfg");
+        std::fs::write(&file, cfg).unwrap();
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let proc = Proc {
+            child: child.expect("haproxy is installed (scripts/install-test-deps.sh)"),
+            name: "haproxy".into(),
+        };
+        let stats = addr(port);
+        assert!(
+            wait_for(Duration::from_secs(10), || TcpStream::connect(stats).is_ok() && socket.exists())
+                .is_some(),
+            "haproxy up"
+        );
+        Haproxy { proc, stats, socket }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        self.proc.signal("KILL");
+        let _ = self.proc.wait_exit(Duration::from_secs(5));
+    }
+}
+
 /// HAProxy's own stats CSV header, from a real HAProxy.
 fn haproxy_csv_header() -> String {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("shoal-test-haproxy-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
-             frontend stats\n  bind 127.0.0.1:{port}\n  stats enable\n  stats uri /\n\
-             backend nodes\n  server s1 127.0.0.1:9\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let mut hp = Proc {
-        child: child.expect("haproxy is installed (scripts/install-test-deps.sh)"),
-        name: "haproxy".into(),
-    };
-    assert!(
-        wait_for(Duration::from_secs(10), || TcpStream::connect(addr(port)).is_ok()).is_some(),
-        "haproxy up"
-    );
-    let csv = get(addr(port), "/;csv").body;
-    hp.signal("KILL");
-    let _ = hp.wait_exit(Duration::from_secs(5));
+    let hp = Haproxy::start(&[]);
+    let csv = get(hp.stats, "/;csv").body;
     csv.lines().next().unwrap_or_default().to_string()
 }
 
@@ -284,12 +314,11 @@ fn stats_views_read_by_haproxy_tools_prometheus_and_a_browser() {
         assert!(!served_by(c.front).is_empty());
     }
 
-    // The CSV has HAProxy 2.6's header (its core fields: HAProxy appends its stats modules'
-    // ssl/h1/h2 counters after a `-` column), and a CSV parser reads the rows with it.
+    // The CSV has HAProxy 2.6's header (its static fields, a `-` column, then its stats
+    // modules' ssl/h2/h1 counters), and a CSV parser reads the rows with it.
     let csv = get(c.stats, "/;csv").body;
-    let full = haproxy_csv_header();
-    assert!(full.starts_with("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,"), "{full}");
-    let header = full.split_once(",-,").map_or(full.clone(), |(core, _)| format!("{core},"));
+    let header = haproxy_csv_header();
+    assert!(header.starts_with("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,"), "{header}");
     assert_eq!(csv.lines().next().unwrap(), header, "Shoal's CSV header is HAProxy's");
     let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(csv.as_bytes());
     let names: Vec<String> = header.trim_start_matches("# ").split(',').map(String::from).collect();
@@ -459,8 +488,7 @@ fn runtime_api_steers_servers_and_the_state_survives_churn() {
 
     // Read-only commands.
     let help = admin(&socket, "help");
-    for cmd in
-        ["show stat", "show info", "show servers state", "set server <bk>/<srv> state ready|drain|maint"]
+    for cmd in ["show stat", "show info", "show servers state", "set server <bk>/<srv> [opts]", "add server"]
     {
         assert!(help.contains(cmd), "help lists {cmd}:\n{help}");
     }
@@ -476,17 +504,23 @@ fn runtime_api_steers_servers_and_the_state_survives_churn() {
         "{state}"
     );
     assert_eq!(servers_state(&socket)["web-1"], (2, 0, 1));
-    assert!(admin(&socket, "show servers state nope").contains("Can't find backend 'nope'."));
+    assert_eq!(admin(&socket, "show servers state nope"), "Can't find backend.\n\n");
 
     // Errors, HAProxy style.
-    assert!(admin(&socket, "frobnicate").starts_with("Unknown command: 'frobnicate'\n"));
+    assert!(
+        admin(&socket, "frobnicate")
+            .starts_with("Unknown command, but maybe one of the following ones is a better match:\n")
+    );
     assert_eq!(
         admin(&socket, "set server backend/web-1 state sleepy"),
         "'set server <srv> state' expects 'ready', 'drain' and 'maint'.\n\n"
     );
     assert_eq!(admin(&socket, "set server backend/nope state drain"), "No such server.\n\n");
     assert_eq!(admin(&socket, "set server nope/web-1 state drain"), "No such backend.\n\n");
-    assert!(admin(&socket, "set server backend/web-1 weight lots").starts_with("Require <weight>"));
+    assert_eq!(
+        admin(&socket, "set server backend/web-1 weight lots"),
+        "Empty weight string empty or preceded by garbage\n"
+    );
 
     // Drain with the CLI: web-1 gets no new requests.
     let (ok, out) = shoal_server(&c, &["drain", "web-1"]);
@@ -547,8 +581,8 @@ fn runtime_api_steers_servers_and_the_state_survives_churn() {
         http(c.stats, "POST", "/;cmd", &[("Authorization", "Bearer s3cret")], "show servers state backend");
     assert_eq!(posted.status, 200);
     assert!(
-        posted.body.lines().any(|l| l.contains(" web-2 ") && l.contains(" 3 3 ")),
-        "weight 3:\n{}",
+        posted.body.lines().any(|l| l.contains(" web-2 ") && l.contains(" 3 1 ")),
+        "weight 3, initially 1:\n{}",
         posted.body
     );
     assert_eq!(servers_state(&socket)["web-2"].2, 3);
@@ -589,4 +623,260 @@ fn runtime_api_steers_servers_and_the_state_survives_churn() {
     assert_eq!(f[5], "200", "status: {line}");
     assert!(f[6].parse::<u64>().unwrap() > 0, "bytes: {line}");
     assert_eq!(f[9], "----", "termination state: {line}");
+}
+
+/// `show info` names, in order.
+fn info_names(info: &str) -> Vec<String> {
+    info.lines().filter_map(|l| l.split_once(": ").map(|(k, _)| k.to_string())).collect()
+}
+
+/// A typed line's shape: `<head>:<tags>:<type>`, the value left out (for stats, the object's
+/// numbers too: `S.<pos>.<name>`).
+fn typed_shapes(typed: &str, stats: bool) -> Vec<String> {
+    let mut shapes: Vec<String> = typed
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(4, ':');
+            let (head, tags, ty) = (parts.next()?, parts.next()?, parts.next()?);
+            let head = if stats {
+                let h: Vec<&str> = head.split('.').collect();
+                format!("{}.{}.{}", h[0], h[3], h[4])
+            } else {
+                head.to_string()
+            };
+            Some(format!("{head}:{tags}:{ty}"))
+        })
+        .collect();
+    shapes.sort();
+    shapes.dedup();
+    shapes
+}
+
+/// A JSON answer's shape: each object with its value replaced by its type, ids dropped.
+fn json_shapes(json: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let mut objects: Vec<&serde_json::Value> = Vec::new();
+    for item in v.as_array().expect("an array") {
+        match item.as_array() {
+            Some(row) => objects.extend(row),
+            None => objects.push(item),
+        }
+    }
+    let mut shapes: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {} {} {} {}",
+                o["objType"].as_str().unwrap_or("-"),
+                o["field"],
+                o["processNum"],
+                o["tags"],
+                o["value"]["type"]
+            )
+        })
+        .collect();
+    shapes.sort();
+    shapes.dedup();
+    shapes
+}
+
+/// What Shoal has that HAProxy has not: its cluster lines after HAProxy's `show info`.
+const SHOAL_INFO: [&str; 6] =
+    ["Members", "MembersAlive", "MembersLeaving", "MembersLeft", "MembersFailed", "MembersRefused"];
+
+#[test]
+fn the_runtime_api_answers_as_haproxy_2_6_does() {
+    let c = Cluster::start(&[]);
+    let hp = Haproxy::start(&[("web-1", c.backends[0].app), ("web-2", c.backends[1].app)]);
+    let haproxy = |line: &str| admin(&hp.socket, line);
+    let shoal = |line: &str| admin(&c.socket, line);
+    let both_checked = wait_for(Duration::from_secs(15), || {
+        [haproxy("show stat"), shoal("show stat")].iter().all(|csv| csv.matches(",L7OK,").count() == 2)
+    });
+    assert!(both_checked.is_some(), "both see two servers pass their checks");
+
+    // `show info`: HAProxy's fields in HAProxy's order, types and tags, then Shoal's own.
+    let (h, s) = (info_names(&haproxy("show info")), info_names(&shoal("show info")));
+    assert_eq!(s[..h.len()], h[..], "show info lists HAProxy's fields in order");
+    assert_eq!(s[h.len()..], SHOAL_INFO.map(String::from));
+    let shoal_only = |shapes: Vec<String>| -> Vec<String> {
+        shapes.into_iter().filter(|l| !SHOAL_INFO.iter().any(|n| l.contains(&format!(".{n}.")))).collect()
+    };
+    assert_eq!(
+        shoal_only(typed_shapes(&shoal("show info typed"), false)),
+        typed_shapes(&haproxy("show info typed"), false)
+    );
+    let json = json_shapes(&shoal("show info json"));
+    let json: Vec<String> =
+        json.into_iter().filter(|l| !SHOAL_INFO.iter().any(|n| l.contains(&format!("\"{n}\"")))).collect();
+    assert_eq!(json, json_shapes(&haproxy("show info json")));
+    assert!(shoal("show info desc").contains("Uptime_sec: "));
+    assert!(shoal("show info typed desc").contains(":\"Product name\"\n"));
+
+    // `show stat`: the same header, and per kind of row the same fields, tags and types.
+    let first = |t: String| t.lines().next().unwrap_or_default().to_string();
+    assert_eq!(first(shoal("show stat")), first(haproxy("show stat")));
+    assert_eq!(
+        typed_shapes(&shoal("show stat typed"), true),
+        typed_shapes(&haproxy("show stat typed"), true)
+    );
+    assert_eq!(json_shapes(&shoal("show stat json")), json_shapes(&haproxy("show stat json")));
+    let desc = shoal("show stat typed desc");
+    assert!(desc.lines().filter(|l| !l.is_empty()).all(|l| l.ends_with('"')), "every typed line carries its description:\n{desc}");
+    // Filters: servers only; then one server by number.
+    let servers_only = shoal("show stat -1 4 -1");
+    assert!(servers_only.lines().skip(1).filter(|l| !l.is_empty()).all(|l| l.starts_with("backend,web-")), "{servers_only}");
+    let one = shoal("show stat backend 4 2");
+    assert_eq!(one.lines().count(), 3, "header, one server, the blank line: {one}");
+    assert_eq!(
+        shoal("show stat http 1 -1").lines().nth(1).map(|l| l.starts_with("http,FRONTEND,")),
+        Some(true)
+    );
+
+    // `show servers state|conn`, `show backend`: HAProxy's headers and columns.
+    let (hs, ss) = (haproxy("show servers state"), shoal("show servers state"));
+    assert_eq!(ss.lines().take(2).collect::<Vec<_>>(), hs.lines().take(2).collect::<Vec<_>>());
+    let columns = |t: &str| {
+        t.lines().skip(2).filter(|l| !l.is_empty()).map(|l| l.split(' ').count()).collect::<Vec<_>>()
+    };
+    assert_eq!(columns(&ss), columns(&hs));
+    let (hc, sc) = (haproxy("show servers conn"), shoal("show servers conn"));
+    let head = |t: &str| t.lines().next().unwrap().split(' ').take(13).collect::<Vec<_>>().join(" ");
+    assert_eq!(head(&sc), head(&hc));
+    assert_eq!(shoal("show backend"), haproxy("show backend").replace("stats\n", "").replace("http\n", ""));
+
+    // The same answers, byte for byte.
+    for line in [
+        "get weight backend/web-1",
+        "get weight backend/nope",
+        "get weight nope/web-1",
+        "get weight backend",
+        "set server backend/web-1 state sleepy",
+        "set server backend/web-1 health sideways",
+        "set server backend/web-1 weight 300",
+        "set server backend/web-1 weight 2x",
+        "set server backend/web-1 weight abc",
+        "set server backend/web-1 weight -1%",
+        "set server backend/web-1 addr",
+        "set server nope/web-1 state drain",
+        "set weight backend/web-1",
+        "show servers state nope",
+        "show servers conn nope",
+        "show stat nope 1 1",
+        "show stat domain nope",
+        "add server nope/web-9 127.0.0.1:1",
+        "add server backend",
+        "add server backend/web-9",
+        "add server backend/web-9 127.0.0.1:abc",
+        "add server backend/web-9 127.0.0.1:1 bogus",
+        "add server backend/web-9 127.0.0.1:1 weight 300",
+        "add server backend/web$9 127.0.0.1:1",
+        "add server backend/web-1 127.0.0.1:1",
+        "del server backend",
+        "del server nope/web-1",
+        "del server backend/nope",
+        "show env SHOAL_TEST_NO_SUCH_VARIABLE",
+        "clear counters",
+        "set weight backend/web-2 50%;get weight backend/web-2;set server backend/web-2 weight 100%",
+    ] {
+        assert_eq!(shoal(line), haproxy(line), "{line}");
+    }
+    let unknown = |t: String| t.lines().next().unwrap_or_default().to_string();
+    assert_eq!(unknown(shoal("show foo")), unknown(haproxy("show foo")));
+    assert_eq!(unknown(shoal("help")), unknown(haproxy("help")));
+}
+
+#[test]
+fn hatop_reads_shoal_as_haproxy() {
+    let c = Cluster::start(&[]);
+    // hatop is a curses program: it gets a terminal from `script`, and input that stays open.
+    let screen = std::env::temp_dir().join(format!("shoal-test-hatop-{}.out", free_port()));
+    let cmd = format!("stty cols 160 rows 40; hatop -s {}", c.socket.display());
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("sleep 8 | TERM=xterm timeout 5 script -qfc '{cmd}' {}", screen.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let _ = wait_for(Duration::from_secs(15), || matches!(child.try_wait(), Ok(Some(_))));
+    let _ = child.kill();
+    let raw = std::fs::read(&screen).expect("hatop ran (Debian's hatop, scripts/install-test-deps.sh)");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text.contains("Traceback") && !text.contains("RuntimeError"),
+        "hatop parsed everything:\n{text}"
+    );
+    for shown in ["Shoal", "backend", "web-1", "web-2", "UP", "FRONTEND", "BACKEND"] {
+        assert!(text.contains(shown), "hatop shows {shown}");
+    }
+    let _ = std::fs::remove_file(&screen);
+}
+
+#[test]
+fn an_operator_adds_a_server_that_takes_traffic_and_deletes_it_in_maintenance() {
+    let c = Cluster::start(&[]);
+    let socket = c.socket.clone();
+    // A web app that is no member: the operator adds it by address.
+    let app = addr(free_port());
+    let (_static_app, _) =
+        shoal("web-9-app", &["webapp", &format!("--listen={app}")], &[("SERVER_NAME", "web-9")]);
+    assert_eq!(
+        admin(&socket, &format!("add server backend/web-9 {app} weight 2")),
+        "New server registered.\n\n"
+    );
+    assert_eq!(
+        admin(&socket, &format!("add server backend/web-9 {app}")),
+        "Already exists a server with the same name in backend.\n\n"
+    );
+    assert_eq!(admin(&socket, "get weight backend/web-9"), "2 (initial 2)\n\n");
+    assert!(
+        wait_for(Duration::from_secs(15), || tally(c.front, 8).contains_key("web-9")).is_some(),
+        "the added server passed its checks and takes traffic: {}",
+        admin(&socket, "show servers state")
+    );
+    assert!(
+        admin(&socket, "show stat").lines().any(|l| l.starts_with("backend,web-9,") && l.contains(",L7OK,"))
+    );
+
+    // Deleting needs maintenance first, as in HAProxy; members are gossip's, not deletable.
+    assert_eq!(
+        admin(&socket, "del server backend/web-9"),
+        "Only servers in maintenance mode can be deleted.\n"
+    );
+    assert_eq!(
+        admin(&socket, "disable server backend/web-1;del server backend/web-1"),
+        "\nThis server cannot be removed at runtime due to other configuration elements pointing to it.\n"
+    );
+    assert_eq!(admin(&socket, "enable server backend/web-1"), "\n");
+    assert_eq!(
+        admin(&socket, "set server backend/web-9 state maint;del server backend/web-9"),
+        "\nServer deleted.\n"
+    );
+    assert!(!admin(&socket, "show servers state").contains(" web-9 "));
+    assert_eq!(tally(c.front, 8).get("web-9"), None, "a deleted server gets nothing");
+
+    // An address change moves a member's traffic; the interactive prompt answers each command.
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"prompt\nshow backend\nquit\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert_eq!(out, "\n> # name\nbackend\n\n> ", "prompt, then each answer ends with the prompt");
+    let moved = admin(&socket, &format!("set server backend/web-2 addr {} port {}", app.ip(), app.port()));
+    assert_eq!(
+        moved,
+        format!(
+            "no need to change the addr, port changed from '{}' to '{}' by 'stats socket command'\n\n",
+            c.backends[1].app.port(),
+            app.port()
+        )
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || tally(c.front, 8).contains_key("web-9")).is_some(),
+        "web-2's requests now reach web-9's app"
+    );
+    assert_eq!(admin(&socket, "clear counters all"), "\n");
+    let web1 = admin(&socket, "show stat backend 4 -1");
+    assert!(web1.lines().any(|l| l.starts_with("backend,web-1,0,0,0,0,,0,")), "counters cleared: {web1}");
 }

@@ -41,6 +41,7 @@ pub const KEYWORDS: &[Keyword] = &[
         &["set", "server"],
         "set server <bk>/<srv> [opts]            : change a server's state, weight, address or health",
     ),
+    kw(&["set", "timeout"], "set timeout [cli] <delay>               : change a timeout setting"),
     kw(
         &["set", "weight"],
         "set weight <bk>/<srv>  (DEPRECATED)     : change a server's weight (use 'set server' instead)",

@@ -64,6 +64,9 @@ pub fn execute(b: &State, command: &str) -> String {
         ["set", "weight", rest @ ..] => answer(steer::set_weight(b, rest)),
         ["add", "server", rest @ ..] => steer::add_server(b, rest),
         ["del", "server", rest @ ..] => steer::del_server(b, rest),
+        // Sessions end after `LINE_TIMEOUT` idle whatever is asked (hatop asks for 60 s).
+        ["set", "timeout", "cli", delay] if delay.parse::<u32>().is_ok() => String::new(),
+        ["set", "timeout", ..] => "'set timeout' only supports 'cli'.\n".into(),
         ["clear", "counters", rest @ ..] => steer::clear_counters(b, rest.first() == Some(&"all")),
         _ => cli::usage(&args, false),
     }
