@@ -2,8 +2,8 @@
 //! Docker engine's containers ([`docker`]) instead of gossip membership.
 //!
 //! Each pool configured with a source gets one task ([`spawn`]) that follows it and publishes
-//! the set of servers it currently finds through a [`Publisher`] (into the pool, which the
-//! as it does on a membership change), so a discovered server is
+//! the set of servers it currently finds through a [`Publisher`] into the pool, and the
+//! controller syncs the pool as it does on a membership change; so a discovered server is
 //! a server like any member: the same admission policy (an address must pass it to be routed
 //! to), active health checks, passive detection, retries, drain, stats rows, sticky cookies
 //! and weights (capped at the pool's `max_weight`). A server's name is what the source says
