@@ -187,6 +187,12 @@ fn json(values: &[(usize, &Field, String)]) -> String {
     format!("{}\n", Value::Array(items))
 }
 
+/// One `NAME=value` line of `show env`, the value hidden when the name speaks of a secret.
+fn line(k: &str, v: &str) -> String {
+    let hidden = SECRET_WORDS.iter().any(|w| k.to_ascii_uppercase().contains(w));
+    format!("{}={}\n", escape::control(k), if hidden { "<hidden>".into() } else { escape::control(v) })
+}
+
 /// `show version`.
 pub fn show_version() -> String {
     format!("{}\n", env!("CARGO_PKG_VERSION"))
@@ -195,12 +201,21 @@ pub fn show_version() -> String {
 /// `show env [<name>]`: `NAME=value` lines (values of Shoal's secrets hidden), or HAProxy's
 /// `Variable not found`.
 pub fn show_env(name: Option<&str>) -> String {
-    let line = |k: &str, v: &str| {
-        let hidden = SECRET_WORDS.iter().any(|w| k.to_ascii_uppercase().contains(w));
-        format!("{}={}\n", escape::control(k), if hidden { "<hidden>".into() } else { escape::control(v) })
-    };
     match name {
         Some(n) => std::env::var(n).map_or_else(|_| "Variable not found\n".into(), |v| line(n, &v)),
         None => std::env::vars_os().map(|(k, v)| line(&k.to_string_lossy(), &v.to_string_lossy())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lines_hide_secrets_and_stay_one_line() {
+        assert_eq!(line("HOME", "/root"), "HOME=/root\n");
+        assert_eq!(line("SHOAL_ADMIN_TOKEN", "s3cret"), "SHOAL_ADMIN_TOKEN=<hidden>\n");
+        assert_eq!(line("X", "a\nb"), "X=a\\nb\n");
+        assert_eq!(show_env(Some("SHOAL_SURELY_UNSET_VARIABLE")), "Variable not found\n");
     }
 }

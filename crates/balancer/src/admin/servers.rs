@@ -52,7 +52,8 @@ pub fn state(b: &State, only: Option<&str>) -> String {
 
 fn state_line(out: &mut String, pool: &Pool, s: &Server, now: Instant) {
     let checked = pool.cfg.health.enabled;
-    let running = s.eligible(now) || (s.admin() != Admin::Ready && s.health() == Health::Up);
+    // A drained server still runs (SRV_ST_RUNNING); one in maintenance is stopped.
+    let running = s.eligible(now) || (s.admin() == Admin::Drain && s.health() == Health::Up);
     // SRV_ADMF_FMAINT and SRV_ADMF_FDRAIN: forced by an operator.
     let admin_bits = match s.admin() {
         Admin::Ready => 0,

@@ -106,7 +106,7 @@ impl Filter {
         let server = r.kind != Kind::Server
             || ((self.sid == -1 || r.num("sid") as i64 == self.sid)
                 && !(self.no_maint && r.state == "MAINT")
-                && !(self.only_up && !matches!(r.state, "UP" | "NOLB" | "DRAIN")));
+                && (!self.only_up || matches!(r.state, "UP" | "NOLB" | "DRAIN")));
         proxy && kind && server
     }
 }
