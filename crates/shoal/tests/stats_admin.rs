@@ -722,10 +722,16 @@ fn the_runtime_api_answers_as_haproxy_2_6_does() {
     );
     assert_eq!(json_shapes(&shoal("show stat json")), json_shapes(&haproxy("show stat json")));
     let desc = shoal("show stat typed desc");
-    assert!(desc.lines().filter(|l| !l.is_empty()).all(|l| l.ends_with('"')), "every typed line carries its description:\n{desc}");
+    assert!(
+        desc.lines().filter(|l| !l.is_empty()).all(|l| l.ends_with('"')),
+        "every typed line carries its description:\n{desc}"
+    );
     // Filters: servers only; then one server by number.
     let servers_only = shoal("show stat -1 4 -1");
-    assert!(servers_only.lines().skip(1).filter(|l| !l.is_empty()).all(|l| l.starts_with("backend,web-")), "{servers_only}");
+    assert!(
+        servers_only.lines().skip(1).filter(|l| !l.is_empty()).all(|l| l.starts_with("backend,web-")),
+        "{servers_only}"
+    );
     let one = shoal("show stat backend 4 2");
     assert_eq!(one.lines().count(), 3, "header, one server, the blank line: {one}");
     assert_eq!(
