@@ -389,6 +389,26 @@ fn stats_views_read_by_haproxy_tools_prometheus_and_a_browser() {
     assert_eq!(value("shoal_gossip_dropped_total{reason=\"decrypt\"}"), 0.0);
     assert!(m.trim_end().ends_with("# EOF"));
 
+    // Network coordinates: once the balancer's agent has probed both backends, each server has
+    // an estimated round trip (a loopback one: under 5 ms) in the metrics, the JSON and the page.
+    let rtt_of = |server: &str| -> Option<f64> {
+        let series =
+            format!("shoal_server_estimated_rtt_microseconds{{pool=\"backend\",server=\"{server}\"}}");
+        get(c.stats, "/metrics").body.lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+    };
+    let estimated =
+        wait_for(Duration::from_secs(20), || rtt_of("web-1").is_some() && rtt_of("web-2").is_some());
+    assert!(estimated.is_some(), "no RTT estimates in\n{}", get(c.stats, "/metrics").body);
+    for server in ["web-1", "web-2"] {
+        let us = rtt_of(server).unwrap();
+        assert!(us > 0.0 && us < 5000.0, "{server}: {us} µs");
+    }
+    let json: serde_json::Value = serde_json::from_str(&get(c.stats, "/;json").body).expect("JSON");
+    let web2 = json.as_array().unwrap().iter().find(|r| r["svname"] == "web-2").expect("web-2 in JSON");
+    assert!(web2["rtt_us"].as_u64().is_some_and(|us| us > 0), "{web2}");
+    let page = get(c.stats, "/").body;
+    assert!(page.contains(">RTT") && page.contains(" ms</td>"), "the page shows the estimates");
+
     // The Prometheus HAProxy exporter reads Shoal as if it were HAProxy.
     let exporter = addr(free_port());
     let mut exp = Proc {

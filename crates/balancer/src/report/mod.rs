@@ -53,12 +53,20 @@ pub struct Row {
     pub tags: Option<Arc<Tags>>,
     /// For servers: the state as shown to people (`DOWN (checking)`, …).
     pub state: &'static str,
+    /// For servers: the round trip estimated from the network coordinates, if known.
+    pub rtt: Option<std::time::Duration>,
 }
 
 impl Row {
     fn new(kind: Kind, pxname: &str, svname: &str) -> Row {
-        let mut r =
-            Row { kind, values: vec![String::new(); STAT.len()], gossip: None, tags: None, state: "" };
+        let mut r = Row {
+            kind,
+            values: vec![String::new(); STAT.len()],
+            gossip: None,
+            tags: None,
+            state: "",
+            rtt: None,
+        };
         r.set("pxname", pxname);
         r.set("svname", svname);
         r.set("pid", 1);
@@ -198,6 +206,9 @@ impl Snapshot {
                 if let Some(t) = &r.tags {
                     o.insert("tags".into(), serde_json::to_value(&**t).unwrap_or_default());
                 }
+                if let Some(rtt) = r.rtt {
+                    o.insert("rtt_us".into(), (rtt.as_micros() as u64).into());
+                }
                 serde_json::Value::Object(o)
             })
             .collect();
@@ -266,6 +277,7 @@ fn server_row(pool: &Pool, s: &Arc<Server>, now: Instant) -> Row {
     let mut r = Row::new(Kind::Server, &pool.cfg.name, &s.name);
     r.state = state_name(s, now);
     r.gossip = Some(s.member_status());
+    r.rtt = s.estimated_rtt();
     r.tags = Some(s.tags.load_full());
     r.set("qcur", 0);
     r.set("qmax", 0);

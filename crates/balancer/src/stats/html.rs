@@ -89,6 +89,7 @@ const SERVER_COLUMNS: &[Column] = &[
         show: |r| r.gossip.map_or("-".into(), |g| g.as_str().into()),
     },
     Column { title: "Weight", key: "weight", left: false, show: |r| v(r, "weight") },
+    Column { title: "RTT", key: "rtt", left: false, show: rtt_cell },
     Column { title: "Cur", key: "scur", left: false, show: |r| v(r, "scur") },
     Column { title: "Max", key: "smax", left: false, show: |r| v(r, "smax") },
     Column { title: "Total", key: "stot", left: false, show: |r| v(r, "stot") },
@@ -140,8 +141,17 @@ fn state_class(state: &str) -> &'static str {
     }
 }
 
+/// The estimated round trip (network coordinates), in milliseconds; `–` when unknown.
+fn rtt_cell(r: &Row) -> String {
+    r.rtt.map_or_else(|| "–".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1000.0))
+}
+
 /// The sort key of a row for column `key`: numbers compare as numbers.
 fn sort_key(r: &Row, key: &str) -> (u64, String) {
+    if key == "rtt" {
+        // Unknown last, whichever the direction.
+        return (r.rtt.map_or(u64::MAX, |d| d.as_micros() as u64), String::new());
+    }
     let text = match key {
         "name" => r.get("svname").to_string(),
         "status" => r.state.to_string(),
@@ -321,7 +331,7 @@ fn pool_table(out: &mut String, backend: &Row, servers: &[&Row], view: &View) {
         let cell = match c.key {
             "name" => "Total".to_string(),
             "status" => esc(backend.get("status")),
-            "addr" | "gossip" | "check_status" | "downtime" | "tags" => String::new(),
+            "addr" | "gossip" | "check_status" | "downtime" | "tags" | "rtt" => String::new(),
             _ => (c.show)(backend),
         };
         let class = if c.left { " class=\"l\"" } else { "" };

@@ -170,6 +170,17 @@ impl Scrape {
         )?;
         gauge(
             enc,
+            "shoal_server_estimated_rtt_microseconds",
+            "Round trip to the server estimated from the network coordinates (absent while unknown).",
+            self.servers
+                .iter()
+                .filter_map(|(p, s, _)| {
+                    Some((Self::server_labels(p, s), s.estimated_rtt()?.as_micros() as i64))
+                })
+                .collect(),
+        )?;
+        gauge(
+            enc,
             "shoal_server_weight",
             "Effective weight.",
             gauges(|s| i64::from(s.weight.load(Ordering::Relaxed))),
