@@ -464,10 +464,38 @@ impl PoolConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM certificate chain: the default certificate (clients without SNI, or with a name no
+    /// other certificate covers).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// More certificates, picked by SNI from their DNS names (`*.` wildcards included).
+    #[serde(default)]
+    pub certificates: Vec<CertFiles>,
+}
+
+/// A certificate chain and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
     /// PEM certificate chain.
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// A frontend with one certificate.
+    pub fn single(cert: PathBuf, key: PathBuf) -> TlsConfig {
+        TlsConfig { cert, key, certificates: Vec::new() }
+    }
+
+    /// Every certificate, the default first.
+    pub fn pairs(&self) -> Vec<CertFiles> {
+        std::iter::once(CertFiles { cert: self.cert.clone(), key: self.key.clone() })
+            .chain(self.certificates.iter().cloned())
+            .collect()
+    }
 }
 
 /// A rule sending requests to a pool by Host header and path prefix.
@@ -764,9 +792,11 @@ impl BalancerConfig {
                 }
             }
             if let Some(tls) = &f.tls {
-                for path in [&tls.cert, &tls.key] {
-                    if !path.exists() {
-                        return err(format!("frontend {:?}: {} does not exist", f.name, path.display()));
+                for pair in tls.pairs() {
+                    for path in [&pair.cert, &pair.key] {
+                        if !path.exists() {
+                            return err(format!("frontend {:?}: {} does not exist", f.name, path.display()));
+                        }
                     }
                 }
             }

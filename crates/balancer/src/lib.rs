@@ -55,8 +55,9 @@ pub use access_log::{AccessLog, Format as AccessLogFormat, Record as AccessRecor
 pub use admin::MAX_LINE as ADMIN_MAX_LINE;
 pub use balancer::{Balancer, BalancerError};
 pub use config::{
-    AdminConfig, Algorithm, BalancerConfig, ConfigError, DnsRecord, DnsSource, DockerSource, FrontendConfig,
-    HealthConfig, Limits, MAX_WEIGHT, PassiveConfig, PoolConfig, RetryOn, Route, Timeouts, TlsConfig,
+    AdminConfig, Algorithm, BalancerConfig, CertFiles, ConfigError, DnsRecord, DnsSource, DockerSource,
+    FrontendConfig, HealthConfig, Limits, MAX_WEIGHT, PassiveConfig, PoolConfig, RetryOn, Route, Timeouts,
+    TlsConfig,
 };
 pub use h1::ClientIo;
 pub use health::{CheckError, check_once};

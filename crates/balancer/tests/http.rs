@@ -474,3 +474,73 @@ async fn a_client_that_stops_reading_is_dropped_after_the_client_timeout() {
         );
     }
 }
+
+/// A self-signed certificate for `names` in `dir/<file>.{pem,key}`, and its DER form.
+fn cert_for(
+    dir: &std::path::Path,
+    file: &str,
+    names: &[&str],
+) -> (shoal_balancer::CertFiles, rustls::pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let files = shoal_balancer::CertFiles {
+        cert: dir.join(format!("{file}.pem")),
+        key: dir.join(format!("{file}.key")),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    (files, cert.der().clone())
+}
+
+#[tokio::test]
+async fn sni_serves_each_name_its_certificate_a_wildcard_its_subdomains_and_others_the_default() {
+    let dir = std::env::temp_dir().join(format!("shoal-tls-sni-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (default, default_der) = cert_for(&dir, "default", &["default.test"]);
+    let (api, api_der) = cert_for(&dir, "api", &["api.example.test"]);
+    let (wild, wild_der) = cert_for(&dir, "wild", &["*.example.test"]);
+    let mut cfg = BalancerConfig::simple(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        PoolConfig::new("backend", "backend", 3000),
+        None,
+    );
+    let mut tls = shoal_balancer::TlsConfig::single(default.cert, default.key);
+    tls.certificates = vec![api, wild];
+    cfg.frontends[0].tls = Some(tls);
+    let h = Harness::with_config(cfg).await;
+    let (a, _echo) = echo_backend("echo").await;
+    h.set(vec![member("echo", a, Alive, &[])]);
+    h.wait_serving(1).await;
+
+    // The certificate the frontend presents for a server name (the client trusts all three
+    // and checks the name, so a handshake also proves the certificate covers it).
+    let presented = |name: &'static str| {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in [&default_der, &api_der, &wild_der] {
+            roots.add(der.clone()).unwrap();
+        }
+        let cc =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let front = h.front;
+        async move {
+            let tcp = TcpStream::connect(front).await.unwrap();
+            let server = rustls::pki_types::ServerName::try_from(name).unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cc)).connect(server, tcp).await;
+            tls.map(|s| s.get_ref().1.peer_certificates().unwrap()[0].clone()).map_err(|e| e.to_string())
+        }
+    };
+    assert_eq!(presented("api.example.test").await.unwrap(), api_der);
+    assert_eq!(presented("www.example.test").await.unwrap(), wild_der);
+    assert_eq!(presented("default.test").await.unwrap(), default_der);
+    // A name no certificate covers gets the default, which the client then refuses for that name.
+    let e = presented("other.test").await.unwrap_err();
+    assert!(e.contains("only valid for DnsName(\"default.test\")"), "the default certificate: {e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

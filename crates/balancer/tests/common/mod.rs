@@ -370,7 +370,7 @@ pub fn self_signed(
         rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    (shoal_balancer::TlsConfig { cert: dir.join("cert.pem"), key: dir.join("key.pem") }, cert.der().clone())
+    (shoal_balancer::TlsConfig::single(dir.join("cert.pem"), dir.join("key.pem")), cert.der().clone())
 }
 
 /// A TLS client configuration (rustls with *ring*) that trusts `der` alone.
