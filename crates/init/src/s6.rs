@@ -125,7 +125,7 @@ pub fn signal_name(signum: i32) -> String {
 }
 
 /// TAI64N label of a wall-clock time: 8 bytes of seconds, 4 of nanoseconds, big-endian.
-fn tain_pack(t: SystemTime) -> [u8; 12] {
+pub fn tain_pack(t: SystemTime) -> [u8; 12] {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut out = [0u8; 12];
     out[..8].copy_from_slice(&(TAI_MAGIC + TAI_MINUS_UTC + since.as_secs()).to_be_bytes());

@@ -353,9 +353,8 @@ fn field(name: &str, st: &Status, normally_up: bool, now: SystemTime) -> String 
 
 /// A TAI64N label as skalibs prints it: `@` and 24 hex digits.
 fn tai64n(t: SystemTime) -> String {
-    let packed = Status { stamp: t, ..Status::new(false, t) }.pack();
     let mut out = String::from("@");
-    for b in &packed[..12] {
+    for b in s6::tain_pack(t) {
         out.push_str(&format!("{b:02x}"));
     }
     out
